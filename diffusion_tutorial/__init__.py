@@ -1,0 +1,12 @@
+"""diffusion_tutorial: denoising diffusion models from first principles.
+
+The public API that the book, the exercises and users import. Time indices are 0-based
+tensor indices (index i is paper time t = i + 1); see :mod:`diffusion_tutorial.schedules`.
+"""
+from .utils import get_device, set_seed, quick_mode
+from .schedules import (linear_beta_schedule, cosine_beta_schedule, cosine_alphas_cumprod,
+                        make_betas, alphas_cumprod_from_betas, snr)
+from .diffusion import GaussianDiffusion, extract, normal_kl
+from .samplers import ddpm_sample, ddim_sample, ddim_timesteps, sample
+
+__version__ = "0.1.0"
