@@ -8,5 +8,6 @@ from .schedules import (linear_beta_schedule, cosine_beta_schedule, cosine_alpha
                         make_betas, alphas_cumprod_from_betas, snr)
 from .diffusion import GaussianDiffusion, extract, normal_kl
 from .samplers import ddpm_sample, ddim_sample, ddim_timesteps, sample
+from . import checks
 
 __version__ = "0.1.0"
