@@ -1,0 +1,203 @@
+"""Safe, atomic checkpoints.
+
+A run folder holds one checkpoint directory::
+
+    run_dir/checkpoint/
+        model.safetensors   the network's weights        (safetensors: tensors only)
+        ema.safetensors     the EMA weights              (safetensors)
+        state.pt            optimiser, scheduler, step, RNG states, loss-log position
+                            (torch.save; read back with torch.load(weights_only=True))
+        config.json         the TrainConfig that produced it
+
+Saving writes a fresh ``checkpoint.tmp-XXXX`` directory (each file fsync'ed), then swaps
+it in with two renames; the previous checkpoint is kept until the new one is complete,
+so a crash at any moment leaves one whole checkpoint, never a mixture. Loading never
+runs code from a file: weights come from safetensors and ``state.pt`` is read with
+``weights_only=True``, which refuses pickles that reference Python callables.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .config import TrainConfig
+
+CHECKPOINT = "checkpoint"
+FILES = ("model.safetensors", "ema.safetensors", "state.pt", "config.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says what to do."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: TrainConfig
+    model_state: dict
+    ema_state: dict
+    state: dict
+
+
+# ---------------------------------------------------------------------- writing
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tensors(state_dict: dict) -> dict:
+    """Contiguous CPU copies, as safetensors requires."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+
+
+def save_checkpoint(run_dir, *, model_state: dict, ema_state: dict, state: dict,
+                    config: TrainConfig) -> Path:
+    """Write ``run_dir/checkpoint`` atomically and return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(CHECKPOINT + ".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=CHECKPOINT + ".tmp-", dir=run_dir))
+    try:
+        _write(tmp / "model.safetensors", st_save(_tensors(model_state)))
+        _write(tmp / "ema.safetensors", st_save(_tensors(ema_state)))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        _write(tmp / "state.pt", buffer.getvalue())
+        _write(tmp / "config.json", config.to_json().encode())
+        _fsync_dir(tmp)
+        final = run_dir / CHECKPOINT
+        old = None
+        if final.exists():
+            old = run_dir / f"{CHECKPOINT}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------------- reading
+def find_checkpoint(path) -> Path:
+    """The checkpoint directory for ``path`` (a run folder, the checkpoint folder, or a file
+    inside it). If a crash hit between the two renames of a save, the kept previous
+    checkpoint (``checkpoint.old-*``) is used."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if (path / "model.safetensors").exists() or (path / "state.pt").exists():
+        return path
+    if (path / CHECKPOINT).is_dir():
+        return path / CHECKPOINT
+    olds = sorted(path.glob(CHECKPOINT + ".old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        return olds[-1]
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: check the path, or train one first "
+                              f"with `python -m diffusion_tutorial train --out {path}`.")
+    raise CheckpointError(f"{path} holds no checkpoint (no {CHECKPOINT}/ folder): point to a run "
+                          "folder written by `python -m diffusion_tutorial train`.")
+
+
+def has_checkpoint(run_dir) -> bool:
+    try:
+        find_checkpoint(run_dir)
+        return True
+    except CheckpointError:
+        return False
+
+
+def _load_tensors(file: Path) -> dict:
+    try:
+        return st_load(file.read_bytes())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(f"{file} is truncated or not a safetensors file ({_short(err)}): "
+                              "delete the checkpoint folder and retrain, or use another run.") from None
+
+
+def _load_state(file: Path) -> dict:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported" in str(err) or "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"refusing to load {file}: it contains Python objects or code, not plain tensors; "
+                "only use checkpoints written by diffusion_tutorial from a source you trust.") from None
+        raise CheckpointError(f"{file} is corrupt ({_short(err)}): delete the checkpoint folder "
+                              "and retrain, or use another run.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{file} is truncated or not a torch file ({_short(err)}): delete "
+                              "the checkpoint folder and retrain, or use another run.") from None
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+
+
+def load_checkpoint(path, config: Optional[TrainConfig] = None) -> Checkpoint:
+    """Read a checkpoint (on CPU). With ``config``, refuse one written for a different
+    config, naming the fields that differ (those a resume may change are ignored)."""
+    ckpt = find_checkpoint(path)
+    missing = [f for f in FILES if not (ckpt / f).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete (missing {', '.join(missing)}): "
+                              "delete it and retrain, or use another run.")
+    try:
+        saved = TrainConfig.from_dict(json.loads((ckpt / "config.json").read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{ckpt / 'config.json'} is not a diffusion_tutorial config "
+                              f"({_short(err)}): use a run folder written by this package.") from None
+    if config is not None:
+        check_same_config(saved, config, ckpt)
+    return Checkpoint(ckpt, saved, _load_tensors(ckpt / "model.safetensors"),
+                      _load_tensors(ckpt / "ema.safetensors"), _load_state(ckpt / "state.pt"))
+
+
+def check_same_config(saved: TrainConfig, config: TrainConfig, where="the checkpoint") -> None:
+    diff = saved.differences(config)
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} in checkpoint vs {b!r} now" for k, (a, b) in sorted(diff.items()))
+        raise CheckpointError(f"{where} was written with a different config ({shown}): use the same "
+                              "settings to resume, or a new --out folder to start afresh.")
+
+
+def load_weights(module: torch.nn.Module, state_dict: dict, what: str = "checkpoint") -> None:
+    """``module.load_state_dict`` with a one-line error for foreign or mismatched weights."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise CheckpointError(f"the weights in {what} do not fit this model "
+                              f"({_short(err)}): it comes from a different model or config.") from None
