@@ -9,5 +9,10 @@ from .schedules import (linear_beta_schedule, cosine_beta_schedule, cosine_alpha
 from .diffusion import GaussianDiffusion, extract, normal_kl
 from .samplers import ddpm_sample, ddim_sample, ddim_timesteps, sample
 from . import checks
+from .config import TrainConfig, get_config, PRESETS, ConfigError
+from .ema import EMA
+from .checkpoint import save_checkpoint, load_checkpoint, CheckpointError
+from .train import (train, load_run, sample_images, TrainResult, TrainingDiverged,
+                    TrainingInterrupted)
 
 __version__ = "0.1.0"
