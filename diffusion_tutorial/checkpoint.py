@@ -24,6 +24,7 @@ import pickle
 import shutil
 import tempfile
 import uuid
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,18 +150,23 @@ def _load_tensors(file: Path) -> dict:
 
 
 def _load_state(file: Path) -> dict:
+    """``torch.load(weights_only=True)``: plain tensors and containers only, never code."""
+    if not zipfile.is_zipfile(file):
+        raise CheckpointError(
+            f"refusing to load {file}: it is not a torch checkpoint written by diffusion_tutorial "
+            "(truncated, or a plain pickle that could run code); delete the checkpoint folder and "
+            "retrain, or use another run.")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported" in str(err) or "GLOBAL" in str(err):
-            raise CheckpointError(
-                f"refusing to load {file}: it contains Python objects or code, not plain tensors; "
-                "only use checkpoints written by diffusion_tutorial from a source you trust.") from None
-        raise CheckpointError(f"{file} is corrupt ({_short(err)}): delete the checkpoint folder "
-                              "and retrain, or use another run.") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refusing to load {file}: it contains Python objects or code, not plain tensors; "
+            "only use checkpoints written by diffusion_tutorial from a source you trust.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{file} is truncated or not a torch file ({_short(err)}): delete "
-                              "the checkpoint folder and retrain, or use another run.") from None
+        raise CheckpointError(f"{file} is truncated or corrupt ({_short(err)}): delete the "
+                              "checkpoint folder and retrain, or use another run.") from None
 
 
 def _short(err: Exception) -> str:

@@ -327,7 +327,7 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
             train_time += time.perf_counter() - tick
             losses.append(value)
             if main:
-                log_file.write((json.dumps({"step": step, "loss": round(value, 6), "lr": lr,
+                log_file.write((json.dumps({"step": step, "loss": value, "lr": lr,
                                             "time": round(elapsed + time.perf_counter() - t0, 3)})
                                 + "\n").encode())
             bar.update(1)

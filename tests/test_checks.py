@@ -259,7 +259,7 @@ def test_stub_reports_not_implemented_and_skips_the_rest():
     res = run("q_sample", stub)
     assert not res and "not implemented yet" in res.parts[0].message
     assert all(p.passed is None for p in res.parts[1:])
-    assert "returned ... (Ellipsis)" in failure_text(run("q_sample", lambda *a: ...))
+    assert "returned ..." in failure_text(run("q_sample", lambda *a: ...))
     assert "returned None" in failure_text(run("q_sample", lambda *a: None))
     assert "could not call it" in failure_text(run("q_sample", lambda x0, t: x0))
 
