@@ -160,13 +160,12 @@ def _close(a, b, dtype=torch.float32) -> bool:
                                atol=atol, rtol=rtol))
 
 
-def _as_output(out, what: str = "your function") -> torch.Tensor:
-    if out is Ellipsis:
-        raise _Stop(f"{what} returned ... (Ellipsis): replace the ... placeholder with your code.")
-    if out is None:
-        raise _Stop(f"{what} returned None: did you forget `return`?")
+def _as_output(out, what: str = "the result") -> torch.Tensor:
+    if out is Ellipsis or out is None:
+        raise _Stop(f"your function returned {'...' if out is Ellipsis else 'None'}: replace "
+                    "the ... placeholder with your code and `return` the result.")
     if not isinstance(out, torch.Tensor):
-        raise _Stop(f"{what} returned a {type(out).__name__}, expected a torch.Tensor.")
+        raise _Stop(f"{what} is a {type(out).__name__}, expected a torch.Tensor.")
     return out
 
 
@@ -265,7 +264,7 @@ def _run(name: str, fn: Callable, signature: str, parts, strict: bool, verbose: 
         if message and _gist(message) in {_gist(p.message) for p in result.parts}:
             message = "same problem as above."
         result.parts.append(Part(part_name, message is None, message or ""))
-    if verbose:
+    if verbose and (result.passed or not strict):  # a strict failure shows it in the error
         print(result.report())
     if strict and not result.passed:
         raise AssertionError(result.report())
