@@ -14,5 +14,10 @@ from .ema import EMA
 from .checkpoint import save_checkpoint, load_checkpoint, CheckpointError
 from .train import (train, load_run, sample_images, TrainResult, TrainingDiverged,
                     TrainingInterrupted)
+from .data import (DATASETS, get_dataset, to_model_range, from_model_range, make_dataloader,
+                   infinite_batches, DatasetUnavailableError, CorruptDataError)
+from .toy import two_moons, GaussianMixture, count_modes, mode_counts
+from .plotting import (image_grid, show_images, save_grid, plot_forward_strip, plot_trajectory,
+                       plot_loss, plot_schedules, plot_points, animate_trajectory, animate_points)
 
 __version__ = "0.1.0"
