@@ -211,6 +211,7 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
     main = info.is_main
     device = info.device or get_device(config.device)
     run_dir = Path(config.run_dir)
+    ckpt = load_checkpoint(run_dir, config) if resume and has_checkpoint(run_dir) else None
     set_seed(config.seed)                       # same initial weights on every rank
     if dataset is None:
         from .data import get_dataset
@@ -225,8 +226,7 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
 
     step, log_pos, elapsed = 0, 0, 0.0
     log_path = run_dir / LOSS_LOG
-    if resume and has_checkpoint(run_dir):
-        ckpt = load_checkpoint(run_dir, config)
+    if ckpt is not None:
         load_weights(model, ckpt.model_state, str(ckpt.path))
         load_weights(ema.model, ckpt.ema_state, str(ckpt.path))
         st = ckpt.state

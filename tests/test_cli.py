@@ -1,0 +1,194 @@
+"""The command line: one-line errors for every fault, end to end train + sample, and a
+run killed with SIGKILL that resumes with a valid checkpoint and a continuous loss log."""
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusion_tutorial.cli import main
+from diffusion_tutorial.config import get_config
+from diffusion_tutorial.train import train
+
+TINY = ["train", "--preset", "tiny", "--no-progress", "--device", "cpu"]
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, bars):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    config = get_config("tiny", run_dir=str(run), steps=6, checkpoint_every=0, n_samples=4,
+                        sample_steps=4, device="cpu")
+    train(config, progress=False, dataset=bars)
+    return run
+
+
+def _copy(run, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _faults(trained_run, tmp_path):
+    """(name, argv, words in the error line) for each fault; may prepare files."""
+    run = _copy(trained_run, tmp_path)
+    ckpt = run / "checkpoint"
+    truncated = tmp_path / "truncated"
+    shutil.copytree(run, truncated)
+    data = (truncated / "checkpoint" / "ema.safetensors").read_bytes()
+    (truncated / "checkpoint" / "ema.safetensors").write_bytes(data[:100])
+    foreign = tmp_path / "foreign"
+    shutil.copytree(run, foreign)
+    save_file({"encoder.weight": torch.zeros(3, 3)}, str(foreign / "checkpoint" / "ema.safetensors"))
+    evil = tmp_path / "evil"
+    shutil.copytree(run, evil)
+    with open(evil / "checkpoint" / "state.pt", "wb") as f:
+        pickle.dump({"step": Evil(tmp_path / "pwned")}, f, protocol=2)
+    corrupt = tmp_path / "corrupt_data"
+    (corrupt / "MNIST" / "raw").mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (corrupt / "MNIST" / "raw" / name).write_bytes(b"not an idx file")
+    return [
+        ("unknown dataset", TINY + ["--dataset", "minst"], "did you mean 'mnist'"),
+        ("unknown preset", ["train", "--preset", "quik"], "did you mean 'quick'"),
+        ("image size", TINY + ["--image-size", "9"], "cannot be halved"),
+        ("T <= 0", TINY + ["--timesteps", "0"], "timesteps must be a positive"),
+        ("betas", TINY + ["--beta-end", "1.5"], "betas must lie in (0, 1)"),
+        ("batch size 0", TINY + ["--batch-size", "0"], "batch_size must be a positive"),
+        ("bad flag value", TINY + ["--steps", "many"], "invalid int value"),
+        ("missing checkpoint", ["sample", "--checkpoint", str(tmp_path / "nope")], "no checkpoint at"),
+        ("truncated checkpoint", ["sample", "--checkpoint", str(truncated)], "truncated"),
+        ("foreign checkpoint", ["sample", "--checkpoint", str(foreign)], "do not fit this model"),
+        ("different config", TINY + ["--out", str(run), "--resume", "--base-channels", "16"],
+         "base_channels: 8 in checkpoint vs 16 now"),
+        ("malicious pickle", ["sample", "--checkpoint", str(evil)], "refusing to load"),
+        ("corrupt data", TINY + ["--dataset", "mnist", "--data-dir", str(corrupt),
+                                 "--out", str(tmp_path / "r1")], "corrupt"),
+        ("no network", TINY + ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "empty"),
+                               "--out", str(tmp_path / "r2")], "could not download"),
+        ("NaN loss", TINY + ["--lr", "1e30", "--grad-clip", "0", "--warmup-steps", "0",
+                             "--out", str(tmp_path / "r3")], "at step"),
+    ]
+
+
+def _one_line(err: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_every_fault_gives_one_line_in_process(trained_run, tmp_path, capsys, monkeypatch):
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")        # no network
+    monkeypatch.delenv("DIFFUSION_TUTORIAL_DEBUG", raising=False)
+    for name, argv, words in _faults(trained_run, tmp_path):
+        with pytest.raises(SystemExit) if name in ("bad flag value",) else _nothing() as exit_info:
+            code = main(argv)
+        if name == "bad flag value":
+            code = exit_info.value.code
+        captured = capsys.readouterr()
+        assert code != 0, (name, captured.out)
+        line = _one_line(captured.err)
+        assert words in line, (name, line)
+    assert not (tmp_path / "pwned").exists()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.slow
+def test_faults_via_subprocess(trained_run, tmp_path, cli_env):
+    """The real process: exit code != 0, one stderr line, no traceback (a few faults; all
+    of them are checked in-process above)."""
+    faults = {f[0]: f for f in _faults(trained_run, tmp_path)}
+    for name in ("unknown preset", "image size", "malicious pickle", "no network", "NaN loss"):
+        _, argv, words = faults[name]
+        proc = subprocess.run([sys.executable, "-m", "diffusion_tutorial", *argv], env=cli_env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0, name
+        assert words in _one_line(proc.stderr), name
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_train_then_sample(tmp_path, cli_env):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "diffusion_tutorial", *TINY, "--steps", "10",
+                           "--out", str(run)], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("samples.png", "loss.png", "loss_log.jsonl", "checkpoint/model.safetensors"):
+        assert (run / name).exists(), name
+    grid = tmp_path / "grid.png"
+    proc = subprocess.run([sys.executable, "-m", "diffusion_tutorial", "sample", "--checkpoint", str(run),
+                           "--sampler", "ddim", "--steps", "5", "--n", "9", "--out", str(grid),
+                           "--no-progress"], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+    with Image.open(grid) as im:
+        assert im.format == "PNG" and im.size[0] > 3 * 8
+
+
+def _log_steps(run):
+    return [json.loads(l)["step"] for l in (run / "loss_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path, cli_env):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "diffusion_tutorial", *TINY, "--steps", "400",
+            "--checkpoint-every", "20", "--out", str(run)]
+    proc = subprocess.Popen(argv, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (run / "checkpoint").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    from diffusion_tutorial.checkpoint import load_checkpoint
+    killed_at = load_checkpoint(run).state["step"]
+    assert 20 <= killed_at < 400 and killed_at % 20 == 0
+    done = subprocess.run(argv + ["--resume"], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _log_steps(run) == list(range(1, 401))        # no gap, no duplicate
+    assert load_checkpoint(run).state["step"] == 400
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_exits_cleanly(tmp_path, cli_env):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "diffusion_tutorial", *TINY, "--steps", "100000",
+            "--checkpoint-every", "50", "--out", str(run)]
+    proc = subprocess.Popen(argv, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run / "loss_log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    line = _one_line(err)
+    assert line.startswith("stopped: interrupted at step") and "--resume" in line
+    from diffusion_tutorial.checkpoint import load_checkpoint
+    step = load_checkpoint(run).state["step"]
+    assert _log_steps(run) == list(range(1, step + 1))
