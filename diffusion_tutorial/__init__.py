@@ -19,5 +19,11 @@ from .data import (DATASETS, get_dataset, to_model_range, from_model_range, make
 from .toy import two_moons, GaussianMixture, count_modes, mode_counts
 from .plotting import (image_grid, show_images, save_grid, plot_forward_strip, plot_trajectory,
                        plot_loss, plot_schedules, plot_points, animate_trajectory, animate_points)
+from .vae import VAE, vae_loss, kl_divergence, train_vae
+from .latent import (LatentDiffusion, encode_dataset, latent_scale_factor, train_eps_model,
+                     measure_speedup)
+from .score import (model_score, gaussian_score, langevin_sample, annealed_langevin_sample,
+                    diffusion_noise_levels)
+from .gan import train_gan, GANResult
 
 __version__ = "0.1.0"
