@@ -1,0 +1,221 @@
+"""The assignments build, their solutions earn full marks, and their checks catch mistakes.
+
+Builds every assignment with Otter Assign into a temporary folder, grades the solution
+notebooks with the real autograder (`otter run`, in parallel), and runs the student editions
+in-process: blank, with a correct answer filled in, and with typical wrong answers, asserting
+that the public and hidden tests fail with the message that names the mistake.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytest.importorskip("otter")
+from otter.test_files.exception_test import ExceptionTestFile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(p.stem for p in (ROOT / "assignments" / "source").glob("*.ipynb"))
+AUTOGRADED = {"forward_process": ["scale_to_model_range", "q_sample", "cosine_schedule"],
+              "reverse_process": ["posterior", "mean_from_eps", "ddpm_step"],
+              "loss_and_sampling": ["loss", "p_losses", "ddim_step", "score_from_eps",
+                                    "ddim_experiment"]}
+OTTER = [sys.executable, "-m", "otter"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("assignments")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(["bash", str(ROOT / "scripts" / "build_assignments.sh"), "--out", str(out),
+                    "--no-run-tests"], check=True, capture_output=True, env=env)
+    return out
+
+
+def test_every_source_is_listed():
+    assert SOURCES == sorted(AUTOGRADED)
+
+
+def test_sources_are_committed_without_outputs():
+    for name in SOURCES:
+        nb = nbformat.read(ROOT / "assignments" / "source" / f"{name}.ipynb", 4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
+
+
+@pytest.mark.slow
+def test_solutions_get_full_marks_from_otter_run(built):
+    def grade(name):
+        results = built / name / "results"
+        results.mkdir()
+        proc = subprocess.run(OTTER + ["run", "-a", str(built / name / "autograder.zip"), "-o",
+                                       str(results), str(built / name / "autograder" / f"{name}.ipynb")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((results / "results.json").read_text())
+
+    with ThreadPoolExecutor(3) as pool:
+        all_results = dict(zip(SOURCES, pool.map(grade, SOURCES)))
+    for name, results in all_results.items():
+        scored = {t["name"]: (t["score"], t["max_score"]) for t in results["tests"] if "score" in t}
+        assert scored == {q: (1.0, 1.0) for q in AUTOGRADED[name]}, (name, scored)
+
+
+# ---------------------------------------------------------------- in-process runs
+def _answer_cell(nb, question):
+    marker = "sample_std =" if question == "ddim_experiment" else f"def {question}("
+    tags = {"otter_answer_cell", "otter_assign_solution_cell"}  # student / autograder edition
+    cells = [c for c in nb.cells if tags & set(c.metadata.get("tags", []))
+             and c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1, f"no single answer cell for {question}"
+    return cells[0]
+
+
+def run_student(built, name, answers=None, monkeypatch=None):
+    """Execute the student edition in-process, with some answer cells replaced.
+    Returns (namespace, printed output). Any exception in any cell fails the test."""
+    path = built / name / "student" / f"{name}.ipynb"
+    nb = nbformat.read(path, 4)
+    for question, code in (answers or {}).items():
+        _answer_cell(nb, question).source = code
+    ns = {"__name__": "__main__"}
+    out = io.StringIO()
+    monkeypatch.chdir(path.parent)
+    with contextlib.redirect_stdout(out):
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type == "code":
+                exec(compile(cell.source, f"{name}.ipynb cell {i}", "exec"), ns)
+    return ns, out.getvalue()
+
+
+def grade_all(built, name, ns):
+    """Run the public and hidden tests of every question against a namespace."""
+    nb = nbformat.read(built / name / "autograder" / f"{name}.ipynb", 4)
+    results = {}
+    for question, source in nb.metadata["otter"]["tests"].items():
+        test_file = ExceptionTestFile.from_string(source, path=question)
+        with contextlib.redirect_stdout(io.StringIO()):
+            test_file.run(ns)
+        results[question] = test_file
+    return results
+
+
+def public_messages(ns, question):
+    """The messages of the visible tests, as `grader.check(question)` shows them."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = ns["grader"].check(question, global_env=ns)
+    return [r.message for r in result.test_case_results if not r.passed]
+
+
+def solution_code(built, name, question):
+    nb = nbformat.read(built / name / "autograder" / f"{name}.ipynb", 4)
+    return _answer_cell(nb, question).source
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_blank_student_edition_runs_and_fails_every_check(built, name, monkeypatch):
+    ns, _ = run_student(built, name, monkeypatch=monkeypatch)
+    assert "grader" in ns
+    results = grade_all(built, name, ns)
+    assert sorted(results) == sorted(AUTOGRADED[name])
+    for question, test_file in results.items():
+        assert test_file.score == 0, question
+    # what students see under each question says what to do
+    for question in AUTOGRADED[name]:
+        shown = public_messages(ns, question)
+        expected = ("must be a dict" if question == "ddim_experiment"
+                    else "replace the ... placeholder")
+        assert shown and all(expected in m for m in shown), (question, shown)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_student_edition_with_the_solutions_gets_full_marks(built, name, monkeypatch):
+    answers = {q: solution_code(built, name, q) for q in AUTOGRADED[name]}
+    ns, printed = run_student(built, name, answers, monkeypatch)
+    results = grade_all(built, name, ns)
+    for question, test_file in results.items():
+        hidden = [r for r in test_file.test_case_results if r.test_case.hidden]
+        assert hidden, f"{question} has no hidden test"
+        assert test_file.passed_all, (question, [r.message for r in test_file.test_case_results])
+        assert test_file.score == test_file.possible == 1
+    assert "✓" in printed and "✗" not in printed
+
+
+WRONG = [
+    ("forward_process", "q_sample", """
+def q_sample(x0, t, noise, alphas_cumprod):
+    abar_t = alphas_cumprod[t].view(-1, *[1] * (x0.ndim - 1))
+    return abar_t * x0 + (1 - abar_t).sqrt() * noise
+""", "missing square root on ᾱ_t"),
+    ("forward_process", "q_sample", """
+def q_sample(x0, t, noise, alphas_cumprod):
+    abar_t = alphas_cumprod[t - 1].view(-1, *[1] * (x0.ndim - 1))
+    return abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * noise
+""", "off by one in t"),
+    ("forward_process", "q_sample", """
+def q_sample(x0, t, noise, alphas_cumprod):
+    return alphas_cumprod[t].sqrt() * x0 + (1 - alphas_cumprod[t]).sqrt() * noise
+""", "shape error"),
+    ("forward_process", "scale_to_model_range", """
+def scale_to_model_range(x):
+    return x.clone()
+""", "still in [0, 1]"),
+    ("reverse_process", "posterior", """
+def posterior(x0, x_t, t, betas):
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, dim=0)
+    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    b, a, ab, abp = (v[t].view(shape) for v in (betas, alphas, abar, abar_prev))
+    mean = abp.sqrt() * b / (1 - ab) * x0 + a.sqrt() * (1 - abp) / (1 - ab) * x_t
+    return mean, b
+""", "the variance is β_t"),
+    ("reverse_process", "ddpm_step", """
+def ddpm_step(x_t, t, eps, betas, z):
+    sigma = betas[t].sqrt().view((-1,) + (1,) * (x_t.ndim - 1))
+    return mean_from_eps(x_t, t, eps, betas) + sigma * z
+""", "noise added at the first step"),
+    ("loss_and_sampling", "ddim_step", """
+def ddim_step(x_t, t, t_prev, eps, alphas_cumprod, eta, z):
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    abar_t = alphas_cumprod[t].view(shape)
+    abar_prev = torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], 1.0).view(shape)
+    x0_hat = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    return abar_prev.sqrt() * x0_hat + (1 - abar_prev).sqrt() * eps
+""", "η is ignored"),
+]
+
+
+@pytest.mark.parametrize("name, question, code, message", WRONG,
+                         ids=[f"{w[1]}:{w[3]}" for w in WRONG])
+def test_wrong_answers_are_caught_with_the_right_message(built, name, question, code, message,
+                                                         monkeypatch):
+    answers = {q: solution_code(built, name, q) for q in AUTOGRADED[name]}
+    answers[question] = code
+    ns, _ = run_student(built, name, answers, monkeypatch)
+    results = grade_all(built, name, ns)
+    wrong = results[question]
+    assert wrong.score == 0
+    public = [r for r in wrong.test_case_results if not r.test_case.hidden]
+    assert public and all(message in r.message for r in public), [r.message for r in public]
+    shown = public_messages(ns, question)
+    assert shown and all(message in m for m in shown), shown
+    # the other questions are unaffected (except those that build on this answer)
+    for other, test_file in results.items():
+        if other != question and not (question == "ddim_step" and other == "ddim_experiment"):
+            assert test_file.passed_all, other
+
+
+def test_build_script_refuses_unknown_assignment(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_assignments.sh"), "--out",
+                           str(tmp_path), "no_such_assignment"], capture_output=True, text=True,
+                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}"
+                                   f"{os.environ['PATH']}"))
+    assert proc.returncode != 0 and "no such assignment" in proc.stderr
+    assert shutil.which("bash")
