@@ -49,7 +49,8 @@ def two_moons(n: int, noise: float = 0.1, generator: Optional[torch.Generator] =
 
 
 def _abar(diffusion, t, n: int) -> torch.Tensor:
-    """ᾱ_t for 0-based indices ``t`` (int or (n,) tensor) as float64 (n,)."""
+    """ᾱ_t for 0-based indices ``t`` (int or (n,) tensor) as float64, shape (n, 1), or
+    (1, 1) when every row shares one t (as in a sampling loop), which broadcasts cheaply."""
     t = torch.as_tensor(t).long().cpu()
     t = t.expand(n) if t.ndim == 0 else t
     if t.shape != (n,):
@@ -57,7 +58,9 @@ def _abar(diffusion, t, n: int) -> torch.Tensor:
     T = diffusion.num_timesteps
     if (t < 0).any() or (t >= T).any():
         raise ValueError(f"timestep index out of range: t must be in 0..{T - 1} (0-based).")
-    return diffusion.alphas_cumprod.detach().cpu().double()[t]
+    if n > 0 and bool((t == t[0]).all()):
+        t = t[:1]
+    return diffusion.alphas_cumprod.detach().cpu().double()[t][:, None]
 
 
 class GaussianMixture:
@@ -126,9 +129,9 @@ class GaussianMixture:
         return torch.logsumexp(self._log_components(x.cpu(), self.means[None], var), 1).to(x.dtype)
 
     def _time_t(self, x_t: torch.Tensor, t, diffusion):
-        abar = _abar(diffusion, t, x_t.shape[0])[:, None]          # (N, 1)
-        means = abar.sqrt()[:, :, None] * self.means[None]          # (N, K, D): √ᾱ_t μ_k
-        var = abar * self.std ** 2 + (1 - abar)                     # (N, 1): v_t
+        abar = _abar(diffusion, t, x_t.shape[0])                    # (N or 1, 1)
+        means = abar.sqrt()[:, :, None] * self.means[None]          # (N or 1, K, D): √ᾱ_t μ_k
+        var = abar * self.std ** 2 + (1 - abar)                     # (N or 1, 1): v_t
         return abar, means, var
 
     def log_prob_t(self, x_t: torch.Tensor, t, diffusion) -> torch.Tensor:
@@ -141,14 +144,16 @@ class GaussianMixture:
         """The exact score ∇_x log q_t(x_t) = Σ_k r_k (√ᾱ_t μ_k − x_t) / v_t, shape (N, D)."""
         device, dtype, x = x_t.device, x_t.dtype, x_t.detach().cpu().double()
         _, means, var = self._time_t(x, t, diffusion)
-        r = torch.softmax(self._log_components(x, means, var), 1)   # (N, K) responsibilities
+        logits = self.weights.log() - ((x[:, None, :] - means) ** 2).sum(-1) / (2 * var)  # (N, K)
+        r = (logits - logits.amax(1, keepdim=True)).exp()
+        r = r / r.sum(1, keepdim=True)                              # (N, K) responsibilities
         s = ((r[:, :, None] * means).sum(1) - x) / var              # (N, D)
         return s.to(device=device, dtype=dtype)
 
     def oracle_eps(self, x_t: torch.Tensor, t, diffusion) -> torch.Tensor:
         """The exact denoiser E[ε | x_t] = −√(1 − ᾱ_t) ∇ log q_t(x_t): what a perfectly
         trained ε_θ(x_t, t) would output for this data distribution. Shape (N, D)."""
-        abar = _abar(diffusion, t, x_t.shape[0])[:, None]
+        abar = _abar(diffusion, t, x_t.shape[0])                    # (N or 1, 1)
         s = self.score(x_t, t, diffusion).double()
         return (-(1 - abar).sqrt().to(s.device) * s).to(x_t.dtype)
 
