@@ -300,6 +300,7 @@ _CIFAR_DIR = "cifar-10-batches-py"
 
 def _cifar10(root: Path, info: DatasetInfo, train: bool, download: bool) -> ImageDataset:
     import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_and_extract_archive
 
     folder = root / _CIFAR_DIR
     files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
@@ -310,7 +311,12 @@ def _cifar10(root: Path, info: DatasetInfo, train: bool, download: bool) -> Imag
                 "point --data-dir at a folder that has them, or use 'mnist-sample' (offline).")
 
         def fetch(tmp: Path) -> None:
-            tvd.CIFAR10(str(tmp), train=train, download=True)
+            # torchvision's downloader with the class's URL and checksum; extracts in tmp
+            download_and_extract_archive(tvd.CIFAR10.url, str(tmp), filename=tvd.CIFAR10.filename,
+                                         md5=tvd.CIFAR10.tgz_md5)
+            missing = [f for f in files if not (tmp / _CIFAR_DIR / f).exists()]
+            if missing:
+                raise RuntimeError(f"the archive lacks {', '.join(missing)}")
             if folder.exists():
                 shutil.rmtree(folder)  # an incomplete earlier copy
             os.replace(tmp / _CIFAR_DIR, folder)

@@ -255,3 +255,71 @@ def test_infinite_batches_runs_past_an_epoch():
     x, y = batches[4]
     assert x.shape == (128, 1, 28, 28) and y.shape == (128,)
     assert x.min() >= -1 and x.max() <= 1
+
+
+# ---------------------------------------------------------------------- a download that succeeds
+class FakeResponse:
+    """Stands in for urllib's response: serves ``body`` in chunks."""
+
+    def __init__(self, url, body):
+        self.url, self.body, self.length = url, body, len(body)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read(self, size=-1):
+        chunk, self.body = (self.body, b"") if size < 0 else (self.body[:size], self.body[size:])
+        return chunk
+
+
+def serve(monkeypatch, files):
+    """Patch urlopen to answer any URL ending in a key of ``files`` with its bytes."""
+    def urlopen(req, *args, **kwargs):
+        url = getattr(req, "full_url", req)
+        for name, body in files.items():
+            if url.endswith(name):
+                return FakeResponse(url, body)
+        raise urllib.error.URLError(f"no such file {url}")
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_successful_mnist_download_is_moved_into_place(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    src = tmp_path / "src"
+    images, labels = write_mnist(src, prefix="train", n=7, compress=True)
+    write_mnist(src, prefix="t10k", n=3, seed=1, compress=True)
+    raw = src / "MNIST" / "raw"
+    served = {p.name: p.read_bytes() for p in raw.iterdir()}
+    serve(monkeypatch, served)
+    monkeypatch.setattr(tvd.MNIST, "resources", [(name, None) for name in sorted(served)])  # our files' checksums
+    data_dir = tmp_path / "data"
+    ds = get_dataset("mnist", data_dir, train=True, download=True)
+    assert len(ds) == 7 and ds.targets.tolist() == labels.tolist()
+    names = sorted(os.path.basename(f) for f in files_under(data_dir))
+    assert names == sorted(n[:-3] for n in served)                 # the four unzipped files, nothing else
+    monkeypatch.setattr(urllib.request, "urlopen", None)           # now fully offline: files are reused
+    assert len(get_dataset("mnist", data_dir, train=False, download=True)) == 3
+
+
+def test_successful_cifar_download_is_moved_into_place(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    import torchvision.datasets as tvd
+
+    src = tmp_path / "src"
+    batches = write_cifar(src)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    serve(monkeypatch, {"cifar-10-python.tar.gz": archive.getvalue()})
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", None)    # our archive's checksum
+    data_dir = tmp_path / "data"
+    ds = get_dataset("cifar10", data_dir, train=False, download=True)
+    assert len(ds) == 4 and ds.targets.tolist() == batches["test_batch"][1]
+    assert (data_dir / "cifar-10-batches-py" / "data_batch_5").exists()
+    assert [p.name for p in data_dir.iterdir()] == ["cifar-10-batches-py"]   # no archive, no temp folder
