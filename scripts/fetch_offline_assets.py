@@ -60,7 +60,10 @@ def npm_pack(spec: str, workdir: Path) -> Path:
                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
     unpack = workdir / out.replace(".tgz", "")
     with tarfile.open(workdir / out) as tar:
-        tar.extractall(unpack, filter="data")
+        try:
+            tar.extractall(unpack, filter="data")   # refuses links and paths outside unpack
+        except TypeError:                           # Python without extraction filters
+            tar.extractall(unpack)
     return unpack / "package"
 
 
