@@ -33,9 +33,8 @@ OTTER = [sys.executable, "-m", "otter"]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("assignments")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    subprocess.run(["bash", str(ROOT / "scripts" / "build_assignments.sh"), "--out", str(out),
-                    "--no-run-tests"], check=True, capture_output=True, env=env)
+    proc = _bash("--out", str(out), "--no-run-tests")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
 
@@ -213,9 +212,49 @@ def test_wrong_answers_are_caught_with_the_right_message(built, name, question, 
 
 
 def test_build_script_refuses_unknown_assignment(tmp_path):
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_assignments.sh"), "--out",
-                           str(tmp_path), "no_such_assignment"], capture_output=True, text=True,
-                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}"
-                                   f"{os.environ['PATH']}"))
+    proc = _bash("--out", str(tmp_path), "no_such_assignment")
     assert proc.returncode != 0 and "no such assignment" in proc.stderr
-    assert shutil.which("bash")
+
+
+# ---------------------------------------------------------------- the book without solutions
+def _bash(*args, **kw):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", str(ROOT / "scripts" / "build_assignments.sh"), *args],
+                          capture_output=True, text=True, env=env, **kw)
+
+
+def test_book_config_for_students_only_adds_hide_solutions(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    if not (ROOT / "_config.yml").exists():
+        pytest.skip("no _config.yml")
+    proc = _bash("--book-config", str(tmp_path / "_config.student.yml"))
+    assert proc.returncode == 0, proc.stderr
+    original = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    student = yaml.safe_load((tmp_path / "_config.student.yml").read_text(encoding="utf-8"))
+    assert student["sphinx"]["config"].pop("hide_solutions") is True
+    assert student == original
+
+
+@pytest.mark.slow
+def test_hide_solutions_removes_solutions_from_a_built_page(tmp_path):
+    pytest.importorskip("sphinx_exercise")
+    if shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("jupyter-book is not installed")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: page\n")
+    (tmp_path / "page.md").write_text(
+        "# Page\n\n```{exercise}\n:label: page_ex1\nEXERCISE-TEXT\n```\n\n"
+        "````{solution} page_ex1\n:class: dropdown\nSOLUTION-TEXT\n```python\nprint(1)\n```\n````\n")
+    pages = {}
+    for hide in (False, True):
+        (tmp_path / "_config.yml").write_text(
+            "title: t\nonly_build_toc_files: true\nexecute:\n  execute_notebooks: 'off'\n"
+            "sphinx:\n  extra_extensions: [sphinx_exercise]\n"
+            f"  config:\n    hide_solutions: {str(hide).lower()}\n")
+        out = tmp_path / f"out_{hide}"
+        proc = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build",
+                               str(tmp_path), "--path-output", str(out), "-W", "-n"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        pages[hide] = (out / "_build" / "html" / "page.html").read_text(encoding="utf-8")
+    assert "EXERCISE-TEXT" in pages[False] and "SOLUTION-TEXT" in pages[False]
+    assert "EXERCISE-TEXT" in pages[True] and "SOLUTION-TEXT" not in pages[True]
