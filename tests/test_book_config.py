@@ -126,3 +126,10 @@ def test_launch_buttons_and_extensions():
     assert CONFIG["launch_buttons"].get("colab_url") and CONFIG["launch_buttons"].get("binderhub_url")
     assert CONFIG["repository"]["url"].startswith("https://github.com/")
     assert {"sphinx_exercise", "sphinx_togglebutton"} <= set(CONFIG["sphinx"]["extra_extensions"])
+
+
+def test_hidden_folders_are_excluded_from_the_build():
+    # A virtual environment such as .venv-ci holds .md and .ipynb files in site-packages;
+    # Sphinx would read them and `-W` would fail on "document isn't included in any toctree".
+    patterns = CONFIG["exclude_patterns"]
+    assert ".*" in patterns and "**/.*" in patterns
