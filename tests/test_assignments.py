@@ -6,8 +6,8 @@ in-process: blank, with a correct answer filled in, and with typical wrong answe
 that the public and hidden tests fail with the message that names the mistake.
 """
 import contextlib
+import csv
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -49,21 +49,34 @@ def test_sources_are_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_solutions_get_full_marks_from_otter_run(built):
+def test_otter_run_gives_solutions_full_marks_and_a_blank_hand_in_none(built, tmp_path,
+                                                                      monkeypatch):
+    """The real autograder, through assignments/grade.py: every solution notebook gets full
+    marks; the zip that a blank student edition's export cell makes gets zero."""
+    run_student(built, "forward_process", monkeypatch=monkeypatch)  # runs grader.export()
+    exported = sorted((built / "forward_process" / "student").glob("forward_process_*.zip"))
+    assert exported, "the export cell made no zip"
+    monkeypatch.chdir(tmp_path)
+
     def grade(name):
-        results = built / name / "results"
-        results.mkdir()
-        proc = subprocess.run(OTTER + ["run", "-a", str(built / name / "autograder.zip"), "-o",
-                                       str(results), str(built / name / "autograder" / f"{name}.ipynb")],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads((results / "results.json").read_text())
+        subs = [built / name / "autograder" / f"{name}.ipynb"]
+        subs += exported if name == "forward_process" else []
+        out = tmp_path / f"{name}.csv"
+        proc = subprocess.run([sys.executable, str(ROOT / "assignments" / "grade.py"), "-a",
+                               str(built / name / "autograder.zip"), "-o", str(out), "-j", "2",
+                               *map(str, subs)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with open(out, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
 
     with ThreadPoolExecutor(3) as pool:
-        all_results = dict(zip(SOURCES, pool.map(grade, SOURCES)))
-    for name, results in all_results.items():
-        scored = {t["name"]: (t["score"], t["max_score"]) for t in results["tests"] if "score" in t}
-        assert scored == {q: (1.0, 1.0) for q in AUTOGRADED[name]}, (name, scored)
+        tables = dict(zip(SOURCES, pool.map(grade, SOURCES)))
+    for name, rows in tables.items():
+        solution = rows[0]
+        assert [float(solution[q]) for q in AUTOGRADED[name]] == [1.0] * len(AUTOGRADED[name])
+        assert float(solution["total"]) == float(solution["possible"]) == len(AUTOGRADED[name])
+    blank = tables["forward_process"][1]
+    assert blank["submission"].endswith(".zip") and float(blank["total"]) == 0
 
 
 # ---------------------------------------------------------------- in-process runs
