@@ -8,6 +8,8 @@ from .schedules import (linear_beta_schedule, cosine_beta_schedule, cosine_alpha
                         make_betas, alphas_cumprod_from_betas, snr)
 from .diffusion import GaussianDiffusion, extract, normal_kl
 from .samplers import ddpm_sample, ddim_sample, ddim_timesteps, sample
+from .unet import UNet, count_parameters
+from .mlp import MLPDenoiser
 from . import checks
 from .config import TrainConfig, get_config, PRESETS, ConfigError
 from .ema import EMA
