@@ -106,8 +106,8 @@ def save_checkpoint(run_dir, *, model_state: dict, ema_state: dict, state: dict,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for previous in run_dir.glob(CHECKPOINT + ".old-*"):   # this one, or one a crash left
+        shutil.rmtree(previous, ignore_errors=True)
     return final
 
 

@@ -72,6 +72,7 @@ def test_crash_between_renames_falls_back_to_previous(tmp_path, monkeypatch):
     assert ckpt.state["step"] == 3 and torch.equal(ckpt.model_state["w"], model["w"])
     _save(tmp_path, seed=2, step=9)   # the next save succeeds and becomes the checkpoint
     assert load_checkpoint(tmp_path).state["step"] == 9
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]      # the kept old one is cleaned up
 
 
 def test_missing_checkpoint(tmp_path):
