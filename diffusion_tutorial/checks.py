@@ -676,8 +676,7 @@ def check_ddim_step(fn, *, strict: bool = False, verbose: bool = True, seed: int
         ref = _reference_ddim_step(x_t, t, t_prev, eps, abar, eta, z)
         ab64 = abar.detach().double().cpu()
         ab = _coef(ab64, t, x_t)
-        abp = torch.where(t_prev.view_as(ab[..., 0].flatten()) >= 0,
-                          ab64.to(device, dtype)[t_prev.clamp(min=0)], 1.0).view_as(ab)
+        abp = torch.where(t_prev >= 0, ab64.to(device, dtype)[t_prev.clamp(min=0)], 1.0).view_as(ab)
         abw = _coef(ab64, t_prev, x_t)  # alphas_cumprod[t_prev] with −1 wrapping
         call = lambda tt, tp: _reference_ddim_step(x_t, tt, tp, eps, abar, eta, z)  # noqa: E731
         variants = [

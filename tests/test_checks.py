@@ -241,15 +241,21 @@ def test_p_losses_target_x0():
 
 
 def test_cosine_schedule_mistakes():
-    assert "not clipped" in failure_text(run("cosine_schedule", lambda T, s=0.008: cosine_schedule(T, s).clamp(max=1.0) if False else _unclipped(T, s)))
+    def unclipped(T, s=0.008):
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        return 1 - f[1:] / f[:-1]
+
+    def one_too_many(T, s=0.008):
+        return torch.cat([cosine_schedule(T, s), torch.full((1,), 0.5, dtype=torch.float64)])
+
+    def returns_alphas_cumprod(T, s=0.008):
+        return torch.cumprod(1 - cosine_schedule(T, s), 0)
+
+    assert "not clipped" in failure_text(run("cosine_schedule", unclipped))
     assert "s is ignored" in failure_text(run("cosine_schedule", lambda T, s=0.008: cosine_schedule(T)))
-    assert "T + 1" in failure_text(run("cosine_schedule", lambda T, s=0.008: torch.cat([cosine_schedule(T, s), torch.ones(1) * 0.5])))
-
-
-def _unclipped(T, s):
-    steps = torch.arange(T + 1, dtype=torch.float64) / T
-    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-    return 1 - f[1:] / f[:-1]
+    assert "T + 1" in failure_text(run("cosine_schedule", one_too_many))
+    assert "you returned ᾱ_t" in failure_text(run("cosine_schedule", returns_alphas_cumprod))
 
 
 # ---------------------------------------------------------------- the result object
@@ -282,3 +288,20 @@ def test_in_place_modification_is_reported():
         x0.zero_()
         return out
     assert "in place" in failure_text(run("q_sample", wrong))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_checks_cover_the_gpu_when_there_is_one(name):
+    result = run(name, CORRECT[name])
+    assert result, result.report()
+    if name != "cosine_schedule":  # the schedule takes no tensors
+        assert any(p.name.startswith("on cuda") for p in result.parts)
+
+
+def test_a_gpu_only_mistake_is_explained():
+    """Tensors created on the CPU inside the function fail on other devices; the message
+    for that error (simulated here) tells the student what to do."""
+    message = C._explain(RuntimeError("Expected all tensors to be on the same device, but "
+                                      "found at least two devices, cuda:0 and cpu!"), "fn(x)")
+    assert "device=x.device" in message
