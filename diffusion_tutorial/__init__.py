@@ -27,5 +27,9 @@ from .latent import (LatentDiffusion, encode_dataset, latent_scale_factor, train
 from .score import (model_score, gaussian_score, langevin_sample, annealed_langevin_sample,
                     diffusion_noise_levels)
 from .gan import train_gan, GANResult
+from .classifier import MNISTClassifier, load_classifier
+from .metrics import (evaluate_samples, frechet_distance, fid_from_features, confident_share,
+                      class_entropy, real_vs_real_fid)
+from .pretrained import load_pretrained, ChecksumError
 
 __version__ = "0.1.0"

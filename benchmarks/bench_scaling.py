@@ -1,0 +1,73 @@
+"""Training-step time and peak memory against batch size and model width, on the CPU.
+
+One training step (noise, forward, L_simple, backward, AdamW) of the MNIST UNet
+(channel_mults (1, 2, 2), one residual block per level, no attention: the ``quick``
+preset), timed at several batch sizes and several base widths. Each setting runs in a
+fresh subprocess, so its peak resident memory (``ru_maxrss``) is its own.
+
+    python benchmarks/bench_scaling.py [--batches 8,16,32,64,128] [--widths 8,16,32,64] [--steps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from _common import machine, print_table, write_result
+
+
+def one(batch: int, width: int, steps: int) -> dict:
+    """Run inside the subprocess: time ``steps`` steps after one warm-up step."""
+    import torch
+    from _common import peak_rss_mib, timed
+    from diffusion_tutorial import GaussianDiffusion
+    from diffusion_tutorial.unet import UNet, count_parameters
+    base_rss = peak_rss_mib()
+    torch.manual_seed(0)
+    model = UNet(1, base_channels=width, channel_mults=(1, 2, 2), num_res_blocks=1,
+                 attention_resolutions=(), image_size=28, groups=min(8, width))
+    diffusion = GaussianDiffusion(timesteps=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
+
+    def step():
+        loss = diffusion.p_losses(model, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    t = timed(step, steps, warmup=1)
+    return {"batch": batch, "width": width, "params": count_parameters(model),
+            "step_s": t["median"], "images_per_s": batch / t["median"],
+            "peak_rss_mib": peak_rss_mib(), "rss_over_import_mib": peak_rss_mib() - base_rss}
+
+
+def run_subprocess(batch: int, width: int, steps: int) -> dict:
+    code = f"import json, bench_scaling as b; print(json.dumps(b.one({batch}, {width}, {steps})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).parent))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", default="8,16,32,64,128")
+    p.add_argument("--widths", default="8,16,32,64")
+    p.add_argument("--width", type=int, default=32, help="width for the batch sweep")
+    p.add_argument("--batch", type=int, default=32, help="batch for the width sweep")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out-dir", default=None)
+    args = p.parse_args()
+    cols = ["batch", "width", "params", "step_s", "images_per_s", "peak_rss_mib"]
+    by_batch = [run_subprocess(b, args.width, args.steps) for b in map(int, args.batches.split(","))]
+    print(f"\nbatch sweep (base width {args.width})")
+    print_table(by_batch, cols)
+    by_width = [run_subprocess(args.batch, w, args.steps) for w in map(int, args.widths.split(","))]
+    print(f"\nwidth sweep (batch {args.batch})")
+    print_table(by_width, cols)
+    write_result("scaling", {"machine": machine("cpu", "shared 2-core CPU, loaded by other jobs"),
+                             "steps_timed": args.steps, "by_batch": by_batch, "by_width": by_width})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""A small CNN that recognises MNIST digits: the yardstick for the sample-quality metrics.
+
+The Inception network behind the usual FID (Heusel et al. 2017) was trained on ImageNet
+photographs and knows nothing of 28x28 digits. For digits a small classifier trained on
+real digits does the same job: its penultimate layer is a feature space in which real and
+generated digits can be compared (:mod:`diffusion_tutorial.metrics`), and its softmax
+says how confidently each sample reads as a digit.
+
+The package ships trained weights (``pretrained/mnist_classifier.safetensors``, checked
+against a SHA-256 checksum on load), so no training is needed at use time. They were made
+by :func:`train_classifier` on the train split of the bundled ``mnist-sample`` digits::
+
+    python -m diffusion_tutorial.classifier --out diffusion_tutorial/pretrained
+
+Inputs are images in the model range [−1, 1], shape (B, 1, 28, 28), exactly what the
+diffusion samplers return. Chapter: Sampling (measuring sample quality).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pretrained import PRETRAINED_DIR, sha256_file, verify_checksum
+from .utils import get_device, set_seed
+
+CLASSIFIER_NAME = "mnist_classifier"
+FEATURE_DIM = 128
+
+
+class MNISTClassifier(nn.Module):
+    """Two convolution + max-pool blocks and two linear layers (~0.42M parameters).
+
+    ``features(x)`` returns the 128-d penultimate activations (after ReLU) used for the
+    classifier-FID; ``forward(x)`` returns the 10 class logits."""
+
+    def __init__(self, feature_dim: int = FEATURE_DIM, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),                                   # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),                                   # (B, 64, 7, 7)
+            nn.Flatten(),                                      # (B, 3136)
+            nn.Linear(64 * 7 * 7, feature_dim), nn.ReLU(),     # (B, 128) features
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(feature_dim, 10)
+
+    @staticmethod
+    def _check(x: torch.Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"the classifier takes digits shaped (B, 1, 28, 28) in [-1, 1], "
+                             f"got {tuple(x.shape)}.")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations, (B, 1, 28, 28) -> (B, 128)."""
+        self._check(x)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, (B, 1, 28, 28) -> (B, 10)."""
+        return self.head(self.dropout(self.features(x)))
+
+    def features_and_logits(self, x: torch.Tensor):
+        """Both at once: ((B, 128), (B, 10)) from one pass (call in eval mode)."""
+        h = self.features(x)
+        return h, self.head(h)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2,
+             max_degrees: float = 10.0) -> torch.Tensor:
+    """Random small rotations and shifts, so the classifier tolerates imperfect digits.
+    x: (B, 1, 28, 28) in [−1, 1]; the background (−1) is kept on the border."""
+    B = x.shape[0]
+    angle = (torch.rand(B, generator=generator) * 2 - 1) * max_degrees * torch.pi / 180
+    shift = (torch.randint(-max_shift, max_shift + 1, (B, 2), generator=generator).float() * 2 / 28)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
+
+
+def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Dataset of (x, label) pairs as two tensors ((N, 1, 28, 28), (N,))."""
+    xs, ys = zip(*[dataset[i] for i in range(len(dataset))])
+    return torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs]), \
+        torch.as_tensor(ys, dtype=torch.long)
+
+
+@torch.no_grad()
+def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 500) -> float:
+    """Fraction of ``images`` (N, 1, 28, 28) in [−1, 1] whose predicted class is the label."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        logits = classifier(images[i:i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+    return correct / len(images)
+
+
+def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size: int = 64,
+                     lr: float = 2e-3, seed: int = 0, device="cpu", progress: bool = True):
+    """Train :class:`MNISTClassifier` with AdamW, a cosine learning rate and augmentation.
+
+    Defaults to the ``mnist-sample`` train split, with the test split held out.
+    Returns ``(classifier, info)`` with ``info`` holding the test accuracy."""
+    from .data import get_dataset
+    device = get_device(device)
+    generator = set_seed(seed)
+    train_set = train_set if train_set is not None else get_dataset("mnist-sample", train=True)
+    test_set = test_set if test_set is not None else get_dataset("mnist-sample", train=False)
+    x_train, y_train = _stack(train_set)
+    x_test, y_test = _stack(test_set)
+    model = MNISTClassifier().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps_per_epoch = -(-len(x_train) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            x = _augment(x_train[idx], generator).to(device)
+            loss = F.cross_entropy(model(x), y_train[idx].to(device), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if progress:
+            print(f"epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  "
+                  f"test accuracy {accuracy(model, x_test, y_test):.4f}", flush=True)
+    model.eval()
+    info = {"test_accuracy": accuracy(model, x_test, y_test), "n_train": len(x_train),
+            "n_test": len(x_test), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": round(time.perf_counter() - start, 1)}
+    return model, info
+
+
+def save_classifier(model: MNISTClassifier, info: dict, directory=PRETRAINED_DIR) -> Path:
+    """Write ``mnist_classifier.safetensors`` (float16) and its JSON with the checksum."""
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{CLASSIFIER_NAME}.safetensors"
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    meta = dict(info, weights=path.name, dtype="float16", sha256=sha256_file(path))
+    (directory / f"{CLASSIFIER_NAME}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+_CACHE: dict = {}
+
+
+def load_classifier(device="auto", directory=None) -> MNISTClassifier:
+    """The shipped classifier in eval mode (float32), its checksum verified first.
+
+    Cached per (device, directory), so metrics can call it freely."""
+    from safetensors.torch import load_file
+    device = get_device(device)
+    directory = Path(directory) if directory is not None else PRETRAINED_DIR
+    key = (str(device), str(directory.resolve()))
+    if key not in _CACHE:
+        meta_path = directory / f"{CLASSIFIER_NAME}.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"no classifier at {meta_path}: reinstall the package or "
+                                    "train one with `python -m diffusion_tutorial.classifier`.")
+        meta = json.loads(meta_path.read_text())
+        path = directory / meta["weights"]
+        verify_checksum(path, meta["sha256"])
+        model = MNISTClassifier()
+        model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+        _CACHE[key] = model.to(device).eval()
+    return _CACHE[key]
+
+
+def main(argv: Optional[list] = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the MNIST classifier behind the metrics.")
+    parser.add_argument("--out", default=str(PRETRAINED_DIR), help="folder for the weights and JSON")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    model, info = train_classifier(epochs=args.epochs, seed=args.seed)
+    info["command"] = "python -m diffusion_tutorial.classifier" + \
+        (f" --epochs {args.epochs}" if args.epochs != 8 else "") + \
+        (f" --seed {args.seed}" if args.seed else "")
+    path = save_classifier(model, info, args.out)
+    print(f"saved {path} (held-out accuracy {info['test_accuracy']:.4f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Export a training run's EMA weights as a shipped pretrained model.
+
+Reads the run folder written by ``python -m diffusion_tutorial train``, writes
+
+    diffusion_tutorial/pretrained/<name>.safetensors   EMA weights, float16
+    diffusion_tutorial/pretrained/<name>.json          settings, command, metrics, sha256
+    diffusion_tutorial/pretrained/<name>_samples.png   a grid of DDIM samples
+
+and measures the shipped (float16-rounded) weights with the classifier metrics, so the
+numbers in the JSON describe exactly what ``load_pretrained`` returns.
+
+    python scripts/export_pretrained.py runs/pretrained-mnist --name mnist \
+        --command "python -m diffusion_tutorial train --preset quick ..." [--n-eval 500]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from diffusion_tutorial import ddim_sample, set_seed
+from diffusion_tutorial.metrics import evaluate_samples
+from diffusion_tutorial.pretrained import PRETRAINED_DIR, load_pretrained, sha256_file
+from diffusion_tutorial.train import load_run, save_samples
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    p.add_argument("--name", default="mnist")
+    p.add_argument("--command", required=True, help="the exact training command of the run")
+    p.add_argument("--note", default="", help="how the run ended, on what machine")
+    p.add_argument("--out", default=str(PRETRAINED_DIR))
+    p.add_argument("--n-eval", type=int, default=500, help="samples for the metrics")
+    p.add_argument("--eval-steps", type=int, default=50, help="DDIM steps for the metrics")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    args = p.parse_args()
+
+    config, ema_model, diffusion = load_run(args.run_dir, device="cpu")
+    log = [json.loads(line) for line in (Path(args.run_dir) / "loss_log.jsonl").read_text().splitlines() if line]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{args.name}.safetensors"
+    dtype = getattr(torch, args.dtype)
+    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in ema_model.state_dict().items()},
+              str(weights))
+    tail = [r["loss"] for r in log[-200:]]
+    info = {
+        "name": args.name,
+        "weights": weights.name,
+        "dtype": args.dtype,
+        "sha256": sha256_file(weights),
+        "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.model_kwargs().items()},
+        "diffusion": {"schedule": config.schedule, "timesteps": config.timesteps,
+                      "variance": config.variance, "beta_start": config.beta_start,
+                      "beta_end": config.beta_end},
+        "parameters": sum(v.numel() for v in ema_model.state_dict().values()),
+        "command": args.command,
+        "note": args.note,
+        "training": {"steps": log[-1]["step"] if log else None,
+                     "train_seconds": log[-1].get("time") if log else None,
+                     "final_loss_mean_last_200": sum(tail) / len(tail) if tail else None,
+                     "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"},
+        "config": config.to_dict(),
+    }
+    (out / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    # Measure what ships: reload through load_pretrained (checks the checksum too).
+    model, diffusion, _ = load_pretrained(args.name, device="cpu", directory=out)
+    gen = set_seed(0)
+    t0 = time.perf_counter()
+    x = ddim_sample(diffusion, model, (args.n_eval, 1, 28, 28), steps=args.eval_steps,
+                    generator=gen, progress=False)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_samples(x)
+    metrics.update(sampler=f"ddim, {args.eval_steps} steps, eta=0", seed=0,
+                   sampling_seconds=round(seconds, 1))
+    info["metrics"] = metrics
+    (out / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_samples(x[:64], out / f"{args.name}_samples.png", nrow=8)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
