@@ -1,12 +1,14 @@
 """CPU training speed of the UNet: forward + backward + Adam step at batch 64 on 1x28x28.
 
-Prints a table of parameter counts and steps/s for a small (~0.5M) and a mid-size (~2M)
-MNIST UNet, each in the default (contiguous NCHW) and channels_last memory formats.
+Prints, for a small (~0.5M parameters) and the default (~2.7M) MNIST UNet, the parameter
+count, the floating-point work of one training step, and steps per second in the default
+(contiguous NCHW) and the channels_last memory format.
 
-    python benchmarks/bench_unet_cpu.py [--steps 20] [--batch 64] [--threads N]
+    python benchmarks/bench_unet_cpu.py [--steps 8] [--batch 64] [--threads N]
 
-Numbers depend heavily on the machine and on what else runs on it; report them together
-with the hardware (e.g. "2-core x86 CPU, idle").
+The two formats are timed in alternating rounds and each rate is 1 / (median step time),
+so that a burst of other work on the machine disturbs both alike. Numbers depend heavily
+on the machine and on its load; report them with the hardware (e.g. "2-core x86 CPU, idle").
 """
 from __future__ import annotations
 
@@ -15,22 +17,22 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_tutorial import GaussianDiffusion
 from diffusion_tutorial.unet import UNet, count_parameters
 
 CONFIGS = {
-    "small (16/32/64)": dict(base_channels=16, channel_mults=(1, 2, 4)),
-    "small (16/32/48)": dict(base_channels=16, channel_mults=(1, 2, 3)),
-    "default (32/64/128)": dict(base_channels=32, channel_mults=(1, 2, 4)),
+    "16/32/48": dict(base_channels=16, channel_mults=(1, 2, 3)),
+    "16/32/64": dict(base_channels=16, channel_mults=(1, 2, 4)),
+    "32/64/128 (default)": dict(base_channels=32, channel_mults=(1, 2, 4)),
 }
+FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def steps_per_second(model: torch.nn.Module, diffusion: GaussianDiffusion, batch: int,
-                     steps: int, channels_last: bool) -> float:
-    """Time ``steps`` training steps (after 3 warm-up steps); return 1 / median step time,
-    which is less disturbed than the mean by other processes on a shared machine."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+def make_step(kwargs: dict, fmt: torch.memory_format, diffusion: GaussianDiffusion, batch: int):
+    """A closure that runs one training step of a fresh model in memory format ``fmt``."""
+    model = UNet(in_channels=1, image_size=28, attention_resolutions=(7,), **kwargs)
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x0 = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
@@ -41,19 +43,21 @@ def steps_per_second(model: torch.nn.Module, diffusion: GaussianDiffusion, batch
         loss.backward()
         opt.step()
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1.0 / statistics.median(times)
+    return model, step
+
+
+def gflop_per_step(model: torch.nn.Module, batch: int) -> float:
+    """Floating-point work of forward + backward (convolutions, matmuls, attention)."""
+    x = torch.randn(batch, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        model(x, torch.zeros(batch, dtype=torch.long)).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per format")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
@@ -62,12 +66,22 @@ def main() -> None:
     torch.manual_seed(0)
     diffusion = GaussianDiffusion(timesteps=1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"median of {args.steps} timed steps (forward + backward + Adam)")
-    print(f"{'config':<22}{'params':>11}{'NCHW steps/s':>15}{'channels_last':>15}")
+          f"median of {args.steps} steps (forward + backward + Adam)")
+    print(f"{'config':<21}{'params':>10}{'GFLOP/step':>12}" + "".join(f"{n + ' steps/s':>22}" for n in FORMATS))
     for name, kwargs in CONFIGS.items():
-        model = UNet(in_channels=1, image_size=28, attention_resolutions=(7,), **kwargs)
-        rates = [steps_per_second(model, diffusion, args.batch, args.steps, cl) for cl in (False, True)]
-        print(f"{name:<22}{count_parameters(model):>11,}{rates[0]:>15.2f}{rates[1]:>15.2f}")
+        runs = {n: make_step(kwargs, fmt, diffusion, args.batch) for n, fmt in FORMATS.items()}
+        times = {n: [] for n in FORMATS}
+        for _, step in runs.values():  # warm-up
+            step()
+            step()
+        for _ in range(args.steps):  # alternate the formats, one step each
+            for n, (_, step) in runs.items():
+                start = time.perf_counter()
+                step()
+                times[n].append(time.perf_counter() - start)
+        model = runs["NCHW"][0]
+        rates = "".join(f"{1 / statistics.median(times[n]):>22.2f}" for n in FORMATS)
+        print(f"{name:<21}{count_parameters(model):>10,}{gflop_per_step(model, args.batch):>12.1f}{rates}")
 
 
 if __name__ == "__main__":
