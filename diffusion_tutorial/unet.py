@@ -24,7 +24,9 @@ one residual block per level, attention at 7x7)::
       GroupNorm, SiLU, conv_out (zero-initialised) -> (B, 1, 28, 28)
 
 Every ResBlock adds the embedding, projected to its channel count, between its two
-convolutions, so each layer knows the noise level. With ``base_channels=128,
+convolutions, so each layer knows the noise level. The last layer of every residual and
+attention branch and the output convolution start at zero (as in DDPM's code), so an
+untrained UNet predicts ε̂ = 0. With ``base_channels=128,
 channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
 dropout=0.1, groups=32, num_heads=1`` on 3x32x32 images this is the DDPM CIFAR-10 model
 (35.7M parameters). The module also runs in ``torch.channels_last`` memory format, which
@@ -65,7 +67,10 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))) + W·emb;  out = skip(x) + conv(dropout(SiLU(GN(h))))."""
+    """h = conv(SiLU(GN(x))) + W·emb;  out = skip(x) + conv(dropout(SiLU(GN(h)))).
+
+    The second convolution starts at zero (as in DDPM's code), so a fresh block is its
+    skip path and the residual branch grows in during training."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int) -> None:
         super().__init__()
