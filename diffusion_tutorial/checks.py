@@ -738,7 +738,8 @@ def check_score_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed
         ref = _reference_score_from_eps(eps, t, abar)
         ab = _coef(abar, t, eps)
         variants = [
-            ("wrong sign: the score is −ε/√(1 − ᾱ_t); the noise points away from the data.", -ref),
+            ("wrong sign: the score is −ε/√(1 − ᾱ_t); it points against the noise, back "
+             "towards the data.", -ref),
             ("missing square root: divide by √(1 − ᾱ_t), the noise's standard deviation.",
              -eps / (1 - ab)),
             ("divide by √(1 − ᾱ_t), not by √ᾱ_t.", -eps / ab.sqrt()),
