@@ -141,7 +141,7 @@ class GaussianDiffusion(nn.Module):
         """Mean √ᾱ_t x_0 and variance (1 − ᾱ_t) of q(x_t | x_0)   (DDPM eq. 4)."""
         t = self._timesteps(t, x0.shape[0], x0.device)
         mean = extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
-        variance = extract(1 - self.alphas_cumprod, t, x0.shape).expand_as(x0)
+        variance = extract(1 - self.alphas_cumprod, t, x0.shape).to(mean.dtype).expand_as(x0)
         return mean, variance
 
     def q_sample(self, x0: torch.Tensor, t, noise=None, generator=None) -> torch.Tensor:
@@ -166,7 +166,7 @@ class GaussianDiffusion(nn.Module):
         t = self._timesteps(t, x_t.shape[0], x_t.device)
         mean = extract(self.posterior_mean_coef1, t, x_t.shape) * x0 + \
             extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
-        variance = extract(self.posterior_variance, t, x_t.shape).expand_as(x_t)
+        variance = extract(self.posterior_variance, t, x_t.shape).to(mean.dtype).expand_as(x_t)
         return mean, variance
 
     def predict_x0_from_eps(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:

@@ -205,3 +205,11 @@ def test_buffers_follow_the_module_to_another_dtype():
     d = GaussianDiffusion(timesteps=10).to(torch.float64)
     assert d.alphas_cumprod.dtype == torch.float64
     assert "alphas_cumprod" not in d.state_dict()  # derived from the schedule, not saved
+
+
+def test_float64_inputs_give_float64_moments(diffusion):
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    mean, var = diffusion.q_posterior(x0, x0, 5)
+    assert mean.dtype == var.dtype == torch.float64
+    mean, var = diffusion.q_mean_variance(x0, 5)
+    assert mean.dtype == var.dtype == torch.float64
