@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -270,6 +271,7 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
         if not main:
             return
         log_file.flush()
+        os.fsync(log_file.fileno())
         state = {"step": at_step, "log_pos": log_file.tell(), "elapsed": elapsed + time.perf_counter() - t0,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "ema": {k: v for k, v in ema.state_dict().items() if k != "weights"},
