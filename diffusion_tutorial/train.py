@@ -334,6 +334,8 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
                                 + "\n").encode())
             bar.update(1)
             if step % config.log_every == 0:
+                if main:
+                    log_file.flush()
                 bar.set_postfix(loss=f"{sum(losses[-config.log_every:]) / config.log_every:.4f}",
                                 refresh=False)
             if main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
