@@ -128,9 +128,10 @@ def set_rng_state(state: dict) -> None:
 def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str = "ddim",
                   steps: Optional[int] = None, eta: float = 0.0, seed: int = 0,
                   class_label: Optional[int] = None, guidance_scale: float = 1.0,
-                  progress: bool = False) -> torch.Tensor:
+                  clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:
     """n samples in [−1, 1], shape (n, C, H, W), from ``model`` (usually the EMA model).
-    A class-conditional model gets labels 0, 1, 2, ... in turn, or ``class_label``."""
+    A class-conditional model gets labels 0, 1, 2, ... in turn, or ``class_label``.
+    ``clip_denoised`` clips each predicted x̂_0 to [−1, 1], as DDPM's reference code does."""
     from .samplers import sample
     device = next(model.parameters()).device
     y = None
@@ -151,7 +152,8 @@ def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str
     if sampler == "ddpm" and steps is None:
         steps = diffusion.num_timesteps
     x = sample(diffusion, model, shape, sampler=sampler, steps=steps, eta=eta, y=y,
-               guidance_scale=guidance_scale, generator=gen, device=device, progress=progress)
+               guidance_scale=guidance_scale, generator=gen, device=device,
+               clip_denoised=clip_denoised, progress=progress)
     model.train(was_training)
     return x.clamp(-1, 1).float().cpu()
 
