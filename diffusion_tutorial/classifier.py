@@ -8,7 +8,8 @@ says how confidently each sample reads as a digit.
 
 The package ships trained weights (``pretrained/mnist_classifier.safetensors``, checked
 against a SHA-256 checksum on load), so no training is needed at use time. They were made
-by :func:`train_classifier` on the train split of the bundled ``mnist-sample`` digits::
+by :func:`train_classifier` on the train split of the bundled ``mnist-sample`` digits,
+with the commands recorded in ``pretrained/mnist_classifier.json`` (``commands``), e.g.::
 
     python -m diffusion_tutorial.classifier --out diffusion_tutorial/pretrained
 
@@ -88,6 +89,44 @@ def _augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2,
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
+def _outliers(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, diffusion):
+    """Non-digits with soft targets, for outlier exposure (Hendrycks et al. 2019).
+
+    A classifier trained on digits alone calls almost anything a digit with high
+    confidence (uniform noise reads as an "8" with p ≈ 0.99), which would make the
+    confident share meaningless for a poor diffusion model. Half the batch size of extra
+    images is appended, each with a target that is not confident:
+    uniform noise, smoothed noise blobs and digits drowned in forward-process noise
+    (x_t for t ≥ 600, as an untrained sampler leaves them) get the uniform target; 50/50
+    blends of two digits of different classes get probability ½ on each class.
+    Returns images (M, 1, 28, 28) and targets (M, 10)."""
+    n = max(4, x.shape[0] // 2) // 4
+    uniform = torch.rand(n, 1, 28, 28, generator=generator) * 2 - 1
+    blobs = F.interpolate(torch.randn(n, 1, 7, 7, generator=generator), size=28, mode="bilinear",
+                          align_corners=False).clamp(-1, 1)
+    pick = torch.randint(0, x.shape[0], (n,), generator=generator)
+    t = torch.randint(600, diffusion.num_timesteps, (n,), generator=generator)
+    drowned = diffusion.q_sample(x[pick], t, torch.randn(n, 1, 28, 28, generator=generator))
+    a = torch.randint(0, x.shape[0], (n,), generator=generator)
+    b = torch.randint(0, x.shape[0], (n,), generator=generator)
+    keep = y[a] != y[b]
+    blend = (x[a[keep]] + x[b[keep]]) / 2
+    target_blend = (F.one_hot(y[a[keep]], 10) + F.one_hot(y[b[keep]], 10)).float() / 2
+    images = torch.cat([uniform, blobs, drowned.clamp(-1, 1), blend])  # metrics clamp too
+    targets = torch.cat([torch.full((3 * n, 10), 0.1), target_blend])
+    return images, targets
+
+
+@torch.no_grad()
+def confident_share_on_noise(classifier: nn.Module, n: int = 500, seed: int = 0) -> float:
+    """Share of uniform-noise images that the classifier calls with p ≥ 0.9 (should be ~0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
+    device = next(classifier.parameters()).device
+    p = classifier.eval()(x.to(device)).softmax(-1).max(-1).values
+    return (p >= 0.9).float().mean().item()
+
+
 def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """A Dataset of (x, label) pairs as two tensors ((N, 1, 28, 28), (N,))."""
     xs, ys = zip(*[dataset[i] for i in range(len(dataset))])
@@ -109,11 +148,14 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, device="cpu", progress: bool = True):
-    """Train :class:`MNISTClassifier` with AdamW, a cosine learning rate and augmentation.
-
-    Defaults to the ``mnist-sample`` train split, with the test split held out.
-    Returns ``(classifier, info)`` with ``info`` holding the test accuracy."""
+                     lr: float = 2e-3, seed: int = 0, device="cpu", progress: bool = True,
+                     outliers: bool = True, init: Optional[MNISTClassifier] = None):
+    """Train :class:`MNISTClassifier` with AdamW, a one-cycle learning rate, augmentation
+    and (``outliers``) outlier exposure, see :func:`_outliers`. ``init`` continues from
+    given weights. Defaults to the ``mnist-sample`` train split, with the test split held
+    out. Returns ``(classifier, info)`` with ``info`` holding the test accuracy."""
+    from .diffusion import GaussianDiffusion
+    diffusion = GaussianDiffusion(timesteps=1000)
     from .data import get_dataset
     device = get_device(device)
     generator = set_seed(seed)
@@ -121,7 +163,7 @@ def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size:
     test_set = test_set if test_set is not None else get_dataset("mnist-sample", train=False)
     x_train, y_train = _stack(train_set)
     x_test, y_test = _stack(test_set)
-    model = MNISTClassifier().to(device)
+    model = (init if init is not None else MNISTClassifier()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(x_train) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -131,8 +173,13 @@ def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size:
         order = torch.randperm(len(x_train), generator=generator)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            x = _augment(x_train[idx], generator).to(device)
-            loss = F.cross_entropy(model(x), y_train[idx].to(device), label_smoothing=0.05)
+            x = _augment(x_train[idx], generator)
+            target = F.one_hot(y_train[idx], 10).float() * 0.95 + 0.005  # label smoothing 0.05
+            if outliers:
+                x_out, t_out = _outliers(x, y_train[idx], generator, diffusion)
+                x, target = torch.cat([x, x_out]), torch.cat([target, t_out])
+            logp = model(x.to(device)).log_softmax(-1)
+            loss = -(target.to(device) * logp).sum(1).mean()  # cross-entropy to soft targets
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -144,6 +191,8 @@ def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size:
     info = {"test_accuracy": accuracy(model, x_test, y_test), "n_train": len(x_train),
             "n_test": len(x_test), "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
+            "outlier_exposure": outliers,
+            "confident_share_on_uniform_noise": confident_share_on_noise(model),
             "train_seconds": round(time.perf_counter() - start, 1)}
     return model, info
 
@@ -191,13 +240,22 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--out", default=str(PRETRAINED_DIR), help="folder for the weights and JSON")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--no-outliers", action="store_true", help="no outlier exposure")
+    parser.add_argument("--init", default=None,
+                        help="continue from this classifier folder (its JSON and weights)")
     args = parser.parse_args(argv)
-    model, info = train_classifier(epochs=args.epochs, seed=args.seed)
-    info["command"] = "python -m diffusion_tutorial.classifier" + \
-        (f" --epochs {args.epochs}" if args.epochs != 8 else "") + \
-        (f" --seed {args.seed}" if args.seed else "")
+    init, history = None, []
+    if args.init:
+        init = load_classifier("cpu", directory=args.init)
+        history = json.loads((Path(args.init) / f"{CLASSIFIER_NAME}.json").read_text()).get("commands", [])
+    model, info = train_classifier(epochs=args.epochs, seed=args.seed, lr=args.lr,
+                                   outliers=not args.no_outliers, init=init)
+    argv_text = " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    info["commands"] = history + [f"python -m diffusion_tutorial.classifier {argv_text}".strip()]
     path = save_classifier(model, info, args.out)
-    print(f"saved {path} (held-out accuracy {info['test_accuracy']:.4f})")
+    print(f"saved {path} (held-out accuracy {info['test_accuracy']:.4f}, confident share on "
+          f"uniform noise {info['confident_share_on_uniform_noise']:.3f})")
 
 
 if __name__ == "__main__":

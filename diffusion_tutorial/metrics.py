@@ -43,29 +43,29 @@ def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix by eigen-decomposition."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2})  (Heusel et al. 2017, eq. 6).
 
-    The matrix square root comes from :func:`scipy.linalg.sqrtm`. When Σ1 Σ2 is nearly
-    singular (fewer samples than dimensions) ``eps`` is added to both diagonals, and the
-    tiny imaginary part that round-off can leave is dropped (it must be small)."""
-    from scipy import linalg
+    Σ1 Σ2 is not symmetric, but it is similar to the symmetric PSD matrix
+    M = Σ1^{1/2} Σ2 Σ1^{1/2}, so Tr((Σ1 Σ2)^{1/2}) = Tr(M^{1/2}) = Σ_i √λ_i(M): two
+    symmetric eigen-decompositions in float64, no complex round-off, and singular
+    covariances (fewer samples than feature dimensions) need no special care."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"shapes do not match: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}.")
+    root1 = _psd_sqrt(sigma1)
+    eig = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"the matrix square root has a large imaginary part "
-                             f"({np.abs(covmean.imag).max():.3g}); use more samples.")
-        covmean = covmean.real
-    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean
     return float(max(value, 0.0))
 
 
@@ -164,7 +164,8 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
     with ``real`` given, it is split (seeded) into two halves R and H. Returns a dict with
 
     * ``fid``: samples vs R;
-    * ``fid_floor``: min(N, |H|) real digits of H vs the same R — the real-vs-real floor
+    * ``fid_floor``: min(N, |H|) real digits drawn (seeded) from H vs the same R — the
+      real-vs-real floor
       at (nearly) the same sample size, what a perfect model would get;
     * ``confident_share``, ``class_entropy`` (and ``class_entropy_max`` = log 10),
       ``class_counts``, ``mean_max_prob`` and the counts ``n``, ``n_ref``, ``n_floor``.
@@ -196,6 +197,7 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
     }
     if floor:
         n_floor = max(2, min(len(samples), len(held)))
-        out["fid_floor"] = fid_from_features(held[:n_floor], ref)
+        pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n_floor]
+        out["fid_floor"] = fid_from_features(held[pick], ref)
         out["n_floor"] = n_floor
     return out
