@@ -54,8 +54,11 @@ def machine(device: str = "cpu", note: str = "") -> dict:
 
 
 def command() -> str:
-    """The command line that ran this script, to put next to its results."""
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """The command line that ran this script, to put next to its results (script path
+    relative to the repository; absolute paths of local folders shown as ``DIR``)."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), Path(__file__).resolve().parent.parent)
+    args = ["DIR" if a.startswith("/") else a for a in sys.argv[1:]]
+    return "python " + " ".join(shlex.quote(a) for a in [script] + args)
 
 
 def timed(fn, repeats: int, warmup: int = 1, sync=None) -> dict:
