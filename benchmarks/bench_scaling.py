@@ -6,6 +6,8 @@ preset), timed at several batch sizes and several base widths. Each setting runs
 fresh subprocess, so its peak resident memory (``ru_maxrss``) is its own.
 
     python benchmarks/bench_scaling.py [--batches 8,16,32,64,128] [--widths 8,16,32,64] [--steps 3]
+
+An empty sweep (``--batches ""``) keeps that sweep's rows from the previous result file.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import subprocess
 import sys
 
-from _common import machine, print_table, write_result
+from _common import RESULTS_DIR, machine, print_table, write_result
 
 
 def one(batch: int, width: int, steps: int) -> dict:
@@ -59,14 +61,25 @@ def main() -> None:
     p.add_argument("--out-dir", default=None)
     args = p.parse_args()
     cols = ["batch", "width", "params", "step_s", "images_per_s", "peak_rss_mib"]
-    by_batch = [run_subprocess(b, args.width, args.steps) for b in map(int, args.batches.split(","))]
-    print(f"\nbatch sweep (base width {args.width})")
-    print_table(by_batch, cols)
-    by_width = [run_subprocess(args.batch, w, args.steps) for w in map(int, args.widths.split(","))]
-    print(f"\nwidth sweep (batch {args.batch})")
-    print_table(by_width, cols)
-    write_result("scaling", {"machine": machine("cpu", "shared 2-core CPU, loaded by other jobs"),
-                             "steps_timed": args.steps, "by_batch": by_batch, "by_width": by_width})
+    previous = {}
+    old = RESULTS_DIR / "scaling.json"
+    if old.exists():  # a sweep given as "" keeps the rows of the previous run
+        previous = json.loads(old.read_text())
+    result = {"machine": machine("cpu", "shared 2-core CPU, loaded by other jobs"),
+              "steps_timed": args.steps}
+    for key, values, make, title in (
+            ("by_batch", args.batches, lambda b: run_subprocess(b, args.width, args.steps),
+             f"batch sweep (base width {args.width})"),
+            ("by_width", args.widths, lambda w: run_subprocess(args.batch, w, args.steps),
+             f"width sweep (batch {args.batch})")):
+        if values:
+            result[key] = [make(int(v)) for v in values.split(",")]
+        else:
+            result[key] = previous.get(key, [])
+            result[key + "_from"] = previous.get("date", "")
+        print(f"\n{title}")
+        print_table(result[key], cols)
+    write_result("scaling", result)
 
 
 if __name__ == "__main__":

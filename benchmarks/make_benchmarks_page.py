@@ -43,7 +43,7 @@ def table(rows, columns, headers=None) -> str:
 def machine_line(res) -> str:
     m = res["machine"]
     parts = [f"{m.get('cores')}-core {m.get('cpu')}", f"torch {m.get('torch')}",
-             f"{m.get('torch_threads')} threads"]
+             f"{m.get('torch_threads')} torch thread(s)"]
     if "load_average_1min" in m:
         parts.append(f"1-min load average {m['load_average_1min']} at the start")
     if m.get("gpu"):
@@ -62,10 +62,13 @@ def section_pretrained() -> list[str]:
     clf = PRETRAINED / "mnist_classifier.json"
     if clf.exists():
         c = json.loads(clf.read_text())
+        cmds = c.get("commands", ["python -m diffusion_tutorial.classifier"])
         out += [f"**Classifier** (the yardstick for all metrics below): {c['parameters']:,} parameters, "
-                f"trained by `{c.get('command', 'python -m diffusion_tutorial.classifier')}` on the "
-                f"{c['n_train']:,}-digit train split of `mnist-sample`; held-out accuracy "
-                f"{c['test_accuracy']:.4f} on its {c['n_test']} test digits.", ""]
+                f"trained on the {c['n_train']:,}-digit train split of `mnist-sample` by", "",
+                "```\n" + "\n".join(cmds) + "\n```", "",
+                f"Held-out accuracy {c['test_accuracy']:.4f} on its {c['n_test']} test digits; with "
+                f"outlier exposure it calls {c.get('confident_share_on_uniform_noise', float('nan')):.1%} "
+                "of uniform-noise images a digit with probability ≥ 0.9 (without it, nearly all).", ""]
     mod = PRETRAINED / "mnist.json"
     if mod.exists():
         m = json.loads(mod.read_text())
@@ -79,9 +82,11 @@ def section_pretrained() -> list[str]:
             out += [f"It trained for {tr['steps']:,} steps ({(tr.get('train_seconds') or 0) / 60:.0f} "
                     f"minutes of training time; final loss {fmt(tr.get('final_loss_mean_last_200'))}).", ""]
         if met:
-            out += [f"Metrics of {met['n']} samples ({met.get('sampler', '')}):", "",
-                    table([met], ["fid", "fid_floor", "confident_share", "class_entropy", "mean_max_prob"],
-                          ["classifier-FID", "real-vs-real floor", "confident share (p ≥ 0.9)",
+            rows = [met] + m.get("metrics_other_samplers", [])
+            out += [f"Metrics of {met['n']} samples each, measured on the shipped weights:", "",
+                    table(rows, ["sampler", "fid", "fid_floor", "confident_share", "class_entropy",
+                                 "mean_max_prob"],
+                          ["sampler", "classifier-FID", "real-vs-real floor", "confident share (p ≥ 0.9)",
                            "class entropy (max 2.303)", "mean max probability"]), ""]
     return out
 
