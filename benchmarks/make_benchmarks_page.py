@@ -172,7 +172,7 @@ def section_time_to_quality() -> list[str]:
                f"The confident share did not reach {res['target_confident_share']} in this run.")
     out += [machine_line(res), "",
             f"Snapshots of the EMA weights during one run, each measured with {res['n']} DDIM "
-            f"samples of {res['ddim_steps']} steps. {reached}", "",
+            f"samples of {res['ddim_steps']} steps (η = {res.get('eta', 0):g}). {reached}", "",
             table(res["rows"], ["step", "train_minutes", "confident_share", "class_entropy", "fid", "fid_floor"]),
             ""]
     return out
