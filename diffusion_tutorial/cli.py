@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="diffusion_tutorial", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
     tr = sub.add_parser("train", help="train a diffusion model (default: quick preset on mnist-sample)")
-    tr.add_argument("--preset", default="quick", help="tiny | quick | full | cifar10 (default quick)")
+    tr.add_argument("--preset", default=None,
+                    help="tiny | quick | full | cifar10 (default quick; with --resume, the run's own)")
     tr.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,8 +85,15 @@ def cmd_train(args) -> int:
     from .train import train
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name not in SKIP}
-    overrides["run_dir"] = args.out or f"runs/{args.preset}"
-    config = get_config(args.preset, **overrides)
+    overrides["run_dir"] = args.out or f"runs/{args.preset or 'quick'}"
+    saved = Path(overrides["run_dir"]) / "config.json"
+    if args.resume and args.preset is None and saved.is_file():
+        # Resume with the run's own settings; flags given now override them (e.g. --steps).
+        config = TrainConfig.from_json(saved.read_text())
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        config.validate()
+    else:
+        config = get_config(args.preset or "quick", **overrides)
     if args.summary:
         config.summary()
         return 0

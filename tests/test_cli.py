@@ -192,3 +192,16 @@ def test_sigint_saves_and_exits_cleanly(tmp_path, cli_env):
     from diffusion_tutorial.checkpoint import load_checkpoint
     step = load_checkpoint(run).state["step"]
     assert _log_steps(run) == list(range(1, step + 1))
+
+
+def test_resume_without_preset_uses_the_runs_own_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TINY, "--steps", "4", "--checkpoint-every", "2", "--out", str(run)]) == 0
+    # Only --out, --resume and a new step count: the tiny settings come from the run itself.
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--no-progress",
+                 "--device", "cpu"]) == 0
+    from diffusion_tutorial.checkpoint import load_checkpoint
+    assert load_checkpoint(run).state["step"] == 6
+    assert _log_steps(run) == list(range(1, 7))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["base_channels"] == get_config("tiny").base_channels and saved["steps"] == 6
