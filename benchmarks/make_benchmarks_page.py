@@ -157,7 +157,9 @@ def section_scaling() -> list[str]:
     cols = ["batch", "width", "params", "step_s", "images_per_s", "peak_rss_mib"]
     heads = ["batch", "base width", "parameters", "s / step", "images / s", "peak RSS (MiB)"]
     out += [machine_line(res), "", "By batch size:", "", table(res["by_batch"], cols, heads), "",
-            "By base width:", "", table(res["by_width"], cols, heads), ""]
+            "By base width" + (f" (kept from the run of {res['by_width_from']}, made with "
+                               "`--batches \"\"`)" if res.get("by_width_from") else "") + ":", "",
+            table(res["by_width"], cols, heads), ""]
     return out
 
 
