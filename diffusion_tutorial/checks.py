@@ -317,11 +317,15 @@ def _schedule(dtype, device, T: int = T_CHECK, schedule: str = "linear"):
     return betas.to(device, dtype), alphas_cumprod_from_betas(betas).to(device, dtype)
 
 
-def _unchanged(before: list, after: list) -> Optional[str]:
-    for b, a in zip(before, after):
-        if isinstance(a, torch.Tensor) and not torch.equal(b, a):
-            return "your function changed one of its input tensors in place; work on copies."
-    return None
+def _call_unmodified(fn, inputs: list):
+    """Call ``fn(*inputs)``; return (output, message) where the message is set when the
+    function changed one of its input tensors in place (other arguments are passed as is)."""
+    before = [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in inputs]
+    out = fn(*inputs)
+    for b, a in zip(before, inputs):
+        if isinstance(a, torch.Tensor) and not torch.equal(b, a.detach()):
+            return out, "your function changed one of its input tensors in place; work on copies."
+    return out, None
 
 
 def _cases_parts(cases, run_case):
@@ -362,9 +366,8 @@ def check_q_sample(fn, *, strict: bool = False, verbose: bool = True, seed: int 
         x0, noise = _randn(shape, g, dtype, device), _randn(shape, g, dtype, device)
         t = _t_for(rule, shape[0], T, g, device)
         inputs = [x0, t, noise, abar]
-        before = [a.clone() for a in inputs]
-        out = fn(*inputs)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, inputs)
+        if changed:
             return changed
         ref = _reference_q_sample(x0, t, noise, abar)
         a = _coef(abar, t, x0)
@@ -453,9 +456,8 @@ def check_scale_to_model_range(fn, *, strict: bool = False, verbose: bool = True
     def run_case(fn, shape, dtype, device):
         x = torch.rand(shape, generator=_gen(seed), dtype=torch.float64).to(device, dtype)
         x.view(-1)[:3] = torch.tensor([0.0, 0.5, 1.0], dtype=dtype)  # include both ends
-        before = [x.clone()]
-        out = fn(x)
-        if (changed := _unchanged(before, [x])):
+        out, changed = _call_unmodified(fn, [x])
+        if changed:
             return changed
         variants = [
             ("the data is still in [0, 1]: map it to [−1, 1] with 2x − 1; the model and the "
@@ -516,9 +518,8 @@ def check_posterior(fn, *, strict: bool = False, verbose: bool = True, seed: int
         x0, x_t = _randn(shape, g, dtype, device), _randn(shape, g, dtype, device)
         t = _t_for(rule, shape[0], T, g, device)
         inputs = [x0, x_t, t, betas]
-        before = [a.clone() for a in inputs]
-        out = fn(*inputs)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, inputs)
+        if changed:
             return changed
         if out is Ellipsis or not isinstance(out, (tuple, list)) or len(out) != 2:
             _as_output(out)
@@ -579,9 +580,8 @@ def check_mean_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed:
         x_t, eps = _randn(shape, g, dtype, device), _randn(shape, g, dtype, device)
         t = _t_for(rule, shape[0], T, g, device)
         inputs = [x_t, t, eps, betas]
-        before = [a.clone() for a in inputs]
-        out = fn(*inputs)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, inputs)
+        if changed:
             return changed
         ref = _reference_mean_from_eps(x_t, t, eps, betas)
         return (_compare(out, ref, _mean_variants(x_t, t, eps, betas, T), like=x_t, what="μ_θ"))
@@ -613,9 +613,8 @@ def check_ddpm_step(fn, *, variance: str = "beta", strict: bool = False, verbose
         else:
             t = _t_for(rule, shape[0], T, g, device)
         inputs = [x_t, t, eps, betas, z]
-        before = [a.clone() for a in inputs]
-        out = fn(*inputs)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, inputs)
+        if changed:
             return changed
         ref = _reference_ddpm_step(x_t, t, eps, betas, z, variance)
         d = _diffusion(betas, device, variance)
@@ -668,10 +667,8 @@ def check_ddim_step(fn, *, strict: bool = False, verbose: bool = True, seed: int
         else:
             t = _t_for(rule, shape[0], T, g, device).clamp(min=skip)
             t_prev = t - skip
-        inputs = [x_t, t, t_prev, eps, abar, z]
-        before = [a.clone() for a in inputs]
-        out = fn(x_t, t, t_prev, eps, abar, eta, z)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, [x_t, t, t_prev, eps, abar, eta, z])
+        if changed:
             return changed
         ref = _reference_ddim_step(x_t, t, t_prev, eps, abar, eta, z)
         ab64 = abar.detach().double().cpu()
@@ -731,9 +728,8 @@ def check_score_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed
         eps = _randn(shape, g, dtype, device)
         t = _t_for(rule, shape[0], T, g, device)
         inputs = [eps, t, abar]
-        before = [a.clone() for a in inputs]
-        out = fn(*inputs)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, inputs)
+        if changed:
             return changed
         ref = _reference_score_from_eps(eps, t, abar)
         ab = _coef(abar, t, eps)
@@ -770,9 +766,8 @@ def check_loss(fn, *, strict: bool = False, verbose: bool = True, seed: int = 0)
         g = _gen(seed)
         eps_pred, eps = _randn(shape, g, dtype, device), _randn(shape, g, dtype, device)
         eps_pred.requires_grad_(grad)
-        before = [eps_pred.detach().clone(), eps.clone()]
-        out = fn(eps_pred, eps)
-        if (changed := _unchanged(before, [eps_pred.detach(), eps])):
+        out, changed = _call_unmodified(fn, [eps_pred, eps])
+        if changed:
             return changed
         if isinstance(out, (float, int)) and not isinstance(out, bool):
             raise _Stop("returned a Python number: return the tensor (no .item()) so the loss "
@@ -841,10 +836,8 @@ def check_p_losses(fn, *, strict: bool = False, verbose: bool = True, seed: int 
         x0, noise = _randn(shape, g, dtype, device), _randn(shape, g, dtype, device)
         t = _t_for(rule, shape[0], T, g, device)
         model = _ToyModel(T).to(device)
-        inputs = [x0, t, noise, abar]
-        before = [a.clone() for a in inputs]
-        out = fn(model, *inputs)
-        if (changed := _unchanged(before, inputs)):
+        out, changed = _call_unmodified(fn, [model, x0, t, noise, abar])
+        if changed:
             return changed
         message = _scalar(out)
         if message:
