@@ -12,6 +12,7 @@ The book introduces each method in the chapter named in its docstring.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -30,6 +31,16 @@ def extract(a: torch.Tensor, t: torch.Tensor, x_shape: torch.Size) -> torch.Tens
     against a tensor of shape ``x_shape``."""
     out = a.gather(-1, t.to(a.device).long())  # (B,)
     return out.reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
+
+
+def _sqrt(v):
+    """√v for a tensor or a plain number."""
+    return v.sqrt() if torch.is_tensor(v) else math.sqrt(v)
+
+
+def _relu(v):
+    """max(v, 0) for a tensor or a plain number (guards √ against rounding below 0)."""
+    return v.clamp(min=0) if torch.is_tensor(v) else max(v, 0.0)
 
 
 def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -103,6 +114,9 @@ class GaussianDiffusion(nn.Module):
         buffer("posterior_mean_coef2", (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod))
         # σ_t² of p_θ(x_{t−1} | x_t)
         buffer("model_variance", betas if variance == "beta" else posterior_variance)
+        # ᾱ_t as Python floats (float64): a sampler that steps the whole batch from one t
+        # uses plain-number coefficients, with no tensor indexing per step.
+        self._alphas_cumprod64 = alphas_cumprod.tolist()
 
     def extra_repr(self) -> str:
         return f"T={self.num_timesteps}, variance={self.variance!r}"
@@ -253,22 +267,29 @@ class GaussianDiffusion(nn.Module):
             x_{t_prev} = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε_θ + σ z,
             σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)      (Song et al. 2021, eq. 12, 16)
 
-        η = 0 is deterministic; η = 1 with consecutive steps is DDPM with σ_t² = β̃_t."""
+        η = 0 is deterministic; η = 1 with consecutive steps is DDPM with σ_t² = β̃_t.
+        ``t`` and ``t_prev`` are ints (one timestep for the whole batch, as samplers use:
+        the coefficients are then plain numbers) or (B,) tensors of indices."""
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}.")
-        t = self._timesteps(t, x_t.shape[0], x_t.device)
-        t_prev = torch.as_tensor(t_prev, device=x_t.device).long().expand(x_t.shape[0])
-        abar_t = extract(self.alphas_cumprod, t, x_t.shape)
-        abar_prev = torch.where(
-            t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=abar_t.dtype)
-        ).reshape(abar_t.shape)
-        pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
+        if isinstance(t, int) and isinstance(t_prev, int):
+            if not -1 <= t_prev < t < self.num_timesteps:
+                raise ValueError(f"need -1 <= t_prev < t <= {self.num_timesteps - 1}, got t={t}, "
+                                 f"t_prev={t_prev} (0-based indices; -1 means x_0).")
+            abar_t = self._alphas_cumprod64[t]
+            abar_prev = self._alphas_cumprod64[t_prev] if t_prev >= 0 else 1.0
+        else:
+            t = self._timesteps(t, x_t.shape[0], x_t.device)
+            t_prev = torch.as_tensor(t_prev, device=x_t.device).long().expand(x_t.shape[0])
+            abar_t = extract(self.alphas_cumprod, t, x_t.shape)
+            abar_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)],
+                                    torch.ones_like(t_prev, dtype=abar_t.dtype)).reshape(abar_t.shape)
+        pred_x0 = (x_t - _sqrt(1 - abar_t) * eps) / _sqrt(abar_t)  # eq. 4 solved for x_0
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1, 1)
-            eps = self.predict_eps_from_x0(x_t, t, pred_x0)
-        sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
-        direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-        x_prev = abar_prev.sqrt() * pred_x0 + direction
+            eps = (x_t - _sqrt(abar_t) * pred_x0) / _sqrt(1 - abar_t)
+        sigma = eta * _sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+        x_prev = _sqrt(abar_prev) * pred_x0 + _sqrt(_relu(1 - abar_prev - sigma ** 2)) * eps
         if eta > 0:
             noise = randn_like(x_t, generator) if noise is None else noise
             x_prev = x_prev + sigma * noise

@@ -81,7 +81,7 @@ def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape, *, steps: int
         t_prev = schedule[i + 1] if i + 1 < len(schedule) else -1
         t = torch.full((x.shape[0],), t_idx, device=device, dtype=torch.long)
         eps = diffusion.predict_eps(model, x, t, y, guidance_scale)
-        x = diffusion.ddim_step(x, t, t_prev, eps, eta=eta, generator=generator,
+        x = diffusion.ddim_step(x, t_idx, t_prev, eps, eta=eta, generator=generator,
                                 clip_denoised=clip_denoised)
         if return_trajectory:
             trajectory.append((t_idx, x.cpu(), diffusion.predict_x0_from_eps(
