@@ -145,12 +145,13 @@ _REAL_CACHE: dict = {}
 
 
 def _default_real_features(classifier):
-    """Features of the mnist-sample train split (reference) and test split (held), cached."""
+    """Features of the mnist-sample train split (reference), and features and logits of
+    its test split (held), cached."""
     key = id(classifier) if classifier is not None else None
     if key not in _REAL_CACHE:
         ref, _ = classify(real_digits(train=True), classifier)
-        held, _ = classify(real_digits(train=False), classifier)
-        _REAL_CACHE[key] = (ref, held)
+        held, held_logits = classify(real_digits(train=False), classifier)
+        _REAL_CACHE[key] = (ref, held, held_logits)
     return _REAL_CACHE[key]
 
 
@@ -168,7 +169,9 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
       real-vs-real floor
       at (nearly) the same sample size, what a perfect model would get;
     * ``confident_share``, ``class_entropy`` (and ``class_entropy_max`` = log 10),
-      ``class_counts``, ``mean_max_prob`` and the counts ``n``, ``n_ref``, ``n_floor``.
+      ``class_counts``, ``mean_max_prob`` and the counts ``n``, ``n_ref``, ``n_floor``;
+    * ``confident_share_real``: the confident share of all of H, the ceiling a perfect
+      model would reach (the classifier is not sure of every real digit either).
     """
     samples = torch.as_tensor(samples)
     if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 28, 28):
@@ -177,14 +180,15 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
         raise ValueError("need at least 2 samples to fit a Gaussian for the FID.")
     feats, logits = classify(samples, classifier)
     if real is None:
-        ref, held = _default_real_features(classifier)
+        ref, held, held_logits = _default_real_features(classifier)
     else:
         real = torch.as_tensor(real)
         if len(real) < 4:
             raise ValueError(f"need at least 4 real digits, got {len(real)}.")
-        real_feats, _ = classify(real, classifier)
+        real_feats, real_logits = classify(real, classifier)
         idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
         ref, held = real_feats[idx[:len(real) // 2]], real_feats[idx[len(real) // 2:]]
+        held_logits = real_logits[idx[len(real) // 2:]]
     out = {
         "n": len(samples),
         "n_ref": len(ref),
@@ -200,4 +204,5 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
         pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n_floor]
         out["fid_floor"] = fid_from_features(held[pick], ref)
         out["n_floor"] = n_floor
+        out["confident_share_real"] = confident_share(held_logits)
     return out

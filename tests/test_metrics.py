@@ -118,6 +118,11 @@ def test_evaluate_samples_separates_real_digits_from_noise(held_out):
     assert noise["fid"] > 5 * real["fid"]
     assert real["confident_share"] > 0.8 and real["class_entropy"] > 0.95 * math.log(10)
     assert noise["confident_share"] < 0.2
+    # The ceiling is measured on all 500 held-out digits, of which these 200 are a part.
+    assert noise["confident_share_real"] == real["confident_share_real"] > 0.9
+    assert abs(real["confident_share"] - real["confident_share_real"]) < 0.05
+    sub = evaluate_samples(images[pick[:100]], real=images)  # real given: held half only
+    assert 0.8 < sub["confident_share_real"] <= 1
     assert sum(real["class_counts"]) == 200
     with pytest.raises(ValueError, match="28, 28"):
         evaluate_samples(torch.zeros(4, 3, 32, 32))
