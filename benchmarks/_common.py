@@ -53,6 +53,13 @@ def machine(device: str = "cpu", note: str = "") -> dict:
     return info
 
 
+def add_note_option(parser) -> None:
+    """``--note``: free text on the machine's state (idle, or busy with other jobs), stored
+    with the results next to the measured load average."""
+    parser.add_argument("--note", default="",
+                        help="the machine's state (e.g. idle, or busy with other jobs)")
+
+
 def command() -> str:
     """The command line that ran this script, to put next to its results (script path
     relative to the repository; absolute paths of local folders shown as ``DIR``)."""

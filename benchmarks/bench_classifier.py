@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine, print_table, write_result
+from _common import add_note_option, machine, print_table, write_result
 from diffusion_tutorial.classifier import _stack, accuracy, load_classifier
 from diffusion_tutorial.data import get_dataset, to_model_range
 from diffusion_tutorial.metrics import classify, fid_from_features
@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--mnist-test-dir", default=None,
                    help="optional folder with the official MNIST t10k IDX files")
     p.add_argument("--out-dir", default=None)
+    add_note_option(p)
     args = p.parse_args()
     clf = load_classifier("cpu")
     x_test, y_test = _stack(get_dataset("mnist-sample", train=False))
@@ -82,7 +83,7 @@ def main() -> None:
     print_table(rows, ["test set", "n", "accuracy"])
     print()
     print_table(floor_rows, ["real digits", "n", "fid_floor_mean", "fid_floor_std"])
-    write_result("classifier", {"machine": machine("cpu", "shared 2-core CPU, loaded by other jobs"),
+    write_result("classifier", {"machine": machine("cpu", args.note),
                                 "accuracy": rows, "fid_floor_vs_n": floor_rows}, args.out_dir)
 
 

@@ -5,11 +5,13 @@ Ancestral DDPM sampling with all T = 1000 steps against DDIM (Song et al. 2021) 
 classifier-FID (with its real-vs-real floor at the same sample count), the confident
 share, the class entropy, and the wall time per sample.
 
-    python benchmarks/bench_quality_vs_steps.py [--n 128] [--n-ddpm 64] [--steps 10,20,50,100,250]
+    python benchmarks/bench_quality_vs_steps.py [--n 256] [--steps 10,20,50,100,250]
 
-All samplers start from the same x_T (seeded), so differences come from the sampler.
-On a CPU the sample counts are small (the defaults above), which makes the FID noisy and
-biased upwards: compare rows with each other and with the floor, not with published FIDs.
+All samplers start from the same x_T (seeded) and use the same number of samples, so
+differences come from the sampler. On a CPU the sample count is small, which makes the
+FID noisy and biased upwards: compare rows with each other and with the floor (the
+real-vs-real FID at the same n), not with published FIDs. The summary line compares
+DDIM-50 with DDPM-1000.
 """
 from __future__ import annotations
 
@@ -18,21 +20,24 @@ import time
 
 import torch
 
-from _common import machine, print_table, write_result
+from _common import add_note_option, machine, print_table, write_result
 from diffusion_tutorial import ddim_sample, ddpm_sample, load_pretrained
 from diffusion_tutorial.metrics import evaluate_samples
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=128, help="samples per DDIM setting")
-    p.add_argument("--n-ddpm", type=int, default=64, help="samples for DDPM-1000 (slow on CPU)")
+    p.add_argument("--n", type=int, default=256, help="samples per setting")
+    p.add_argument("--n-ddpm", type=int, default=None,
+                   help="samples for DDPM-1000 (default: --n; 0 skips it)")
     p.add_argument("--steps", default="10,20,50,100,250")
     p.add_argument("--etas", default="0,1")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default=None)
+    add_note_option(p)
     args = p.parse_args()
     model, diffusion, info = load_pretrained("mnist", device=args.device)
+    args.n_ddpm = args.n if args.n_ddpm is None else args.n_ddpm
     x_T = torch.randn(max(args.n, args.n_ddpm), 1, 28, 28, generator=torch.Generator().manual_seed(0))
     rows = []
 
@@ -44,6 +49,7 @@ def main() -> None:
         m = evaluate_samples(x)
         row = {"sampler": name, "steps": steps, "eta": eta, "n": n, "fid": m["fid"],
                "fid_floor": m["fid_floor"], "confident_share": m["confident_share"],
+               "confident_share_real": m["confident_share_real"],
                "class_entropy": m["class_entropy"], "seconds": seconds,
                "ms_per_sample": 1e3 * seconds / n}
         rows.append(row)
@@ -60,12 +66,28 @@ def main() -> None:
             f"(sigma^2={diffusion.variance})")
     print()
     print_table(rows, ["sampler", "steps", "eta", "n", "fid", "fid_floor", "confident_share",
-                       "class_entropy", "ms_per_sample"])
+                       "confident_share_real", "class_entropy", "ms_per_sample"])
+    summary = ddim50_vs_ddpm(rows)
+    if summary:
+        print(summary["text"])
     write_result("quality_vs_steps", {
-        "machine": machine(args.device, "shared 2-core CPU, loaded by other jobs"),
+        "machine": machine(args.device, args.note),
         "model": {"name": "mnist", "command": info["command"],
                   "steps_trained": info.get("training", {}).get("steps")},
-        "rows": rows}, args.out_dir)
+        "rows": rows, "ddim50_vs_ddpm1000": summary}, args.out_dir)
+
+
+def ddim50_vs_ddpm(rows: list[dict]):
+    """DDIM-50 (each η) against DDPM-1000: FID ratio and speed-up, if both were measured."""
+    ddpm = next((r for r in rows if r["sampler"] == "DDPM"), None)
+    ddim = [r for r in rows if r["sampler"] == "DDIM" and r["steps"] == 50]
+    if not ddpm or not ddim:
+        return None
+    out = [{"eta": r["eta"], "fid_ratio": r["fid"] / ddpm["fid"],
+            "speedup": ddpm["ms_per_sample"] / r["ms_per_sample"]} for r in ddim]
+    text = "; ".join(f"DDIM-50 (eta={o['eta']:g}): FID {o['fid_ratio']:.2f}x DDPM-1000's, "
+                     f"{o['speedup']:.1f}x faster" for o in out)
+    return {"rows": out, "text": text}
 
 
 if __name__ == "__main__":

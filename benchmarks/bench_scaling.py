@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 
-from _common import RESULTS_DIR, machine, print_table, write_result
+from _common import add_note_option, RESULTS_DIR, machine, print_table, write_result
 
 
 def one(batch: int, width: int, steps: int) -> dict:
@@ -59,13 +59,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="batch for the width sweep")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out-dir", default=None)
+    add_note_option(p)
     args = p.parse_args()
     cols = ["batch", "width", "params", "step_s", "images_per_s", "peak_rss_mib"]
     previous = {}
     old = RESULTS_DIR / "scaling.json"
     if old.exists():  # a sweep given as "" keeps the rows of the previous run
         previous = json.loads(old.read_text())
-    result = {"machine": machine("cpu", "shared 2-core CPU, loaded by other jobs"),
+    result = {"machine": machine("cpu", args.note),
               "steps_timed": args.steps}
     for key, values, make, title in (
             ("by_batch", args.batches, lambda b: run_subprocess(b, args.width, args.steps),

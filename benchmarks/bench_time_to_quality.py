@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, print_table, write_result
+from _common import add_note_option, machine, print_table, write_result
 
 
 def checkpoint_step(ckpt: Path) -> int:
@@ -85,7 +85,8 @@ def evaluate(run_dir: Path, n: int, steps: int, target: float, every: int, eta: 
                         generator=set_seed(0), progress=False)
         m = evaluate_samples(x)
         row = {"step": step, "train_minutes": times.get(step, float("nan")) / 60,
-               "confident_share": m["confident_share"], "class_entropy": m["class_entropy"],
+               "confident_share": m["confident_share"],
+               "confident_share_real": m["confident_share_real"], "class_entropy": m["class_entropy"],
                "fid": m["fid"], "fid_floor": m["fid_floor"]}
         rows.append(row)
         print_table([row], list(row))
@@ -107,7 +108,10 @@ def main() -> None:
     p.add_argument("--every", type=int, default=0, help="only snapshots whose step is a multiple")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: stochastic)")
     p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--training-note", default="",
+                   help="how the run was trained (command, machine, its load), shown with the table")
     p.add_argument("--out-dir", default=None)
+    add_note_option(p)
     args = p.parse_args()
     run_dir = Path(args.run_dir)
     if args.mode == "watch":
@@ -117,8 +121,8 @@ def main() -> None:
     r = result["first_reached"]
     print(f"confident share >= {args.target}: " +
           (f"step {r['step']}, {r['train_minutes']:.1f} training minutes" if r else "not reached in this run"))
-    write_result("time_to_quality", {"machine": machine("cpu", "shared 2-core CPU, loaded by other jobs"),
-                                     **result}, args.out_dir)
+    write_result("time_to_quality", {"machine": machine("cpu", args.note),
+                                     "training_note": args.training_note, **result}, args.out_dir)
 
 
 if __name__ == "__main__":

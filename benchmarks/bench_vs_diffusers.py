@@ -8,10 +8,12 @@
 (b) **Per-step overhead** of a sampling loop: ours (``ddim_sample``, ``ddpm_sample``) vs a
     diffusers scheduler loop driving the same tiny model, so the model costs almost nothing
     and what is timed is the loop's own bookkeeping.
-(c) **Training throughput**: our UNet vs diffusers ``UNet2DModel`` at a matched parameter
-    count (within 10%), same data, batch, AdamW and precision, alternated in one process.
+(c) **Training throughput**: our UNet vs diffusers ``UNet2DModel`` built to the same design
+    (matched parameter count, checked within 10%), same data, batch, AdamW and precision,
+    alternated in one process. On a CPU: the quick preset's UNet (the one the CLI trains),
+    in both memory layouts, with the share of the step spent in convolutions.
 
-    python benchmarks/bench_vs_diffusers.py                 # CPU, MNIST-size UNets
+    python benchmarks/bench_vs_diffusers.py                 # CPU, the quick preset's UNet
     python benchmarks/bench_vs_diffusers.py --device cuda   # GPU: DDPM CIFAR-10 size (35.7M),
         bf16 autocast, channels_last, torch.compile, and model FLOP utilisation (MFU)
 
@@ -20,12 +22,13 @@ The ``--device cuda`` variant is written for a GPU; the committed results come f
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
 import torch.nn.functional as F
 
-from _common import machine, print_table, timed, write_result
+from _common import add_note_option, machine, print_table, timed, write_result
 from diffusion_tutorial import GaussianDiffusion, ddim_sample, ddpm_sample
 from diffusion_tutorial.unet import UNet, count_parameters
 
@@ -146,15 +149,16 @@ def loop_overhead(batch: int, repeats: int) -> list[dict]:
 
 # ---------------------------------------------------------------------- (c) training speed
 def model_pair(size: str):
-    """Our UNet and a diffusers UNet2DModel of (nearly) the same parameter count."""
+    """Our UNet and a diffusers UNet2DModel built to the same design (same parameter count)."""
     from diffusers import UNet2DModel
-    if size == "mnist":
-        ours = UNet(1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
-                    attention_resolutions=(), image_size=28)
+    if size == "mnist":  # the model of the quick preset, which the book and the CLI train
+        from diffusion_tutorial import get_config
+        ours = get_config("quick").build_model()
         theirs = UNet2DModel(sample_size=28, in_channels=1, out_channels=1,
-                             block_out_channels=(32, 64, 64), layers_per_block=1,
-                             down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                             norm_num_groups=8)
+                             block_out_channels=(16, 32, 64), layers_per_block=1,
+                             down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                             up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                             norm_num_groups=8, attention_head_dim=16)  # 4 heads of 16, as ours
         return ours, theirs, (1, 28, 28)
     # DDPM CIFAR-10 (Ho et al. 2020, appendix B) and its diffusers counterpart.
     ours = UNet(3, base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
@@ -178,54 +182,90 @@ class DiffusersEps(torch.nn.Module):
         return self.unet(x, t).sample
 
 
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def conv_share(step) -> float:
+    """Fraction of a training step's CPU time spent in convolutions (forward and backward),
+    from the PyTorch profiler over two steps."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    return conv / total
+
+
 def training_throughput(size: str, device: str, batch: int, steps: int, rounds: int,
                         compile_: bool, peak_tflops: float) -> dict:
-    ours, theirs, shape = model_pair(size)
-    n_ours, n_theirs = count_parameters(ours), count_parameters(theirs)
+    """Images/s of a full training step (forward, backward, AdamW) for both models.
+
+    On a CPU each model runs in both memory layouts (four variants, alternated), and the
+    ratio is given per layout and for each model's faster layout. On a GPU both use
+    channels_last, bf16 autocast and (unless ``compile_`` is False) ``torch.compile``."""
+    ours0, theirs0, shape = model_pair(size)
+    n_ours, n_theirs = count_parameters(ours0), count_parameters(theirs0)
     assert abs(n_ours - n_theirs) / n_ours < 0.10, (n_ours, n_theirs)
     cuda = device.startswith("cuda")
     diffusion = GaussianDiffusion(timesteps=T).to(device)
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    data = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1)
-    data = data.to(device).contiguous(memory_format=fmt)
-    models = {"ours": ours, "diffusers": DiffusersEps(theirs)}
-    steppers, flops = {}, {}
-    for name, m in models.items():
-        m = m.to(device, memory_format=fmt).train()
-        opt = torch.optim.AdamW(m.parameters(), lr=2e-4)
-        fwd = torch.compile(m) if compile_ else m
+    layouts = ["channels_last"] if cuda else list(LAYOUTS)
+    data0 = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
+    steppers, flops, shares = {}, {}, {}
+    for name, base in (("ours", ours0), ("diffusers", DiffusersEps(theirs0))):
+        for layout in layouts:
+            fmt = LAYOUTS[layout]
+            m = copy.deepcopy(base).to(device, memory_format=fmt).train()
+            data = data0.contiguous(memory_format=fmt)
+            opt = torch.optim.AdamW(m.parameters(), lr=2e-4)
+            fwd = torch.compile(m) if compile_ else m
 
-        def step(m=m, fwd=fwd, opt=opt):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                loss = diffusion.p_losses(fwd, data)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        steppers[name] = step
-        if cuda:  # FLOPs of one training step (forward + backward), counted once, uncompiled
-            from torch.utils.flop_counter import FlopCounterMode
-            with FlopCounterMode(display=False) as counter:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    diffusion.p_losses(m, data).backward()
-            m.zero_grad(set_to_none=True)
-            flops[name] = counter.get_total_flops()
+            def step(fwd=fwd, opt=opt, data=data):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    loss = diffusion.p_losses(fwd, data)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            steppers[(name, layout)] = step
+            if cuda and (name, layout) not in flops:  # FLOPs of one step, counted uncompiled
+                from torch.utils.flop_counter import FlopCounterMode
+                with FlopCounterMode(display=False) as counter:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        diffusion.p_losses(m, data).backward()
+                m.zero_grad(set_to_none=True)
+                flops[(name, layout)] = counter.get_total_flops()
     sync = torch.cuda.synchronize if cuda else None
     for s in steppers.values():  # warm-up (and compilation)
         for _ in range(3):
             s()
     times = {k: [] for k in steppers}
-    for _ in range(rounds):  # alternate ours / diffusers so both see the same load
-        for name, s in steppers.items():
-            times[name].append(timed(s, steps, warmup=0, sync=sync)["median"])
-    result = {"size": size, "device": device, "batch": batch, "precision": "bf16 autocast" if cuda else "fp32",
-              "channels_last": cuda, "compiled": compile_, "params_ours": n_ours,
-              "params_diffusers": n_theirs}
-    for name in steppers:
-        t = sorted(times[name])[len(times[name]) // 2]  # median over rounds of per-round medians
-        result[f"{name}_images_per_s"] = batch / t
-        if name in flops and peak_tflops:
-            result[f"{name}_mfu"] = flops[name] / t / (peak_tflops * 1e12)
-    result["ours/diffusers"] = result["ours_images_per_s"] / result["diffusers_images_per_s"]
+    for _ in range(rounds):  # alternate all variants so they see the same load
+        for key, s in steppers.items():
+            times[key].append(timed(s, steps, warmup=0, sync=sync)["median"])
+    if not cuda:
+        shares = {key: conv_share(s) for key, s in steppers.items()}
+    rows = []
+    for (name, layout), ts in times.items():
+        t = sorted(ts)[len(ts) // 2]  # median over rounds of per-round medians
+        row = {"model": name, "layout": layout, "images_per_s": batch / t, "ms_per_step": 1e3 * t}
+        if (name, layout) in shares:
+            row["conv_share"] = shares[(name, layout)]
+        if (name, layout) in flops and peak_tflops:
+            row["mfu"] = flops[(name, layout)] / t / (peak_tflops * 1e12)
+            row["gflop_per_image"] = flops[(name, layout)] / batch / 1e9
+        rows.append(row)
+    speed = {(r["model"], r["layout"]): r["images_per_s"] for r in rows}
+    best = {m: max(v for (k, _), v in speed.items() if k == m) for m in ("ours", "diffusers")}
+    ratios = {f"ours/diffusers ({layout})": speed[("ours", layout)] / speed[("diffusers", layout)]
+              for layout in layouts}
+    ratios["ours/diffusers (each in its faster layout)"] = best["ours"] / best["diffusers"]
+    result = {"size": size, "device": device, "batch": batch,
+              "precision": "bf16 autocast" if cuda else "fp32", "compiled": compile_,
+              "params_ours": n_ours, "params_diffusers": n_theirs, "rows": rows, "ratios": ratios}
+    if not cuda:  # Amdahl: identical convolutions bound what the rest of the code can win
+        d_best = max((r for r in rows if r["model"] == "diffusers"), key=lambda r: r["images_per_s"])
+        result["bound_if_only_convolutions_remained"] = 1 / d_best["conv_share"]
     return result
 
 
@@ -240,6 +280,7 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="GPU peak dense bf16 TFLOP/s for MFU (H100 SXM: 989)")
     p.add_argument("--out-dir", default=None)
+    add_note_option(p)
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -258,13 +299,19 @@ def main() -> None:
     batch = args.batch or (128 if cuda else 64)
     row_c = training_throughput(size, args.device, batch, args.steps, args.rounds,
                                 compile_=cuda and not args.no_compile, peak_tflops=args.peak_tflops if cuda else 0)
-    print("\n(c) training throughput, alternated in one process")
-    cols = ["size", "device", "batch", "precision", "params_ours", "params_diffusers",
-            "ours_images_per_s", "diffusers_images_per_s", "ours/diffusers"]
-    cols += [c for c in ("ours_mfu", "diffusers_mfu") if c in row_c]
-    print_table([row_c], cols)
+    print(f"\n(c) training throughput, {size}-size UNets ({row_c['params_ours']:,} vs "
+          f"{row_c['params_diffusers']:,} parameters), batch {batch}, {row_c['precision']}, "
+          "alternated in one process")
+    print_table(row_c["rows"], [c for c in ("model", "layout", "images_per_s", "ms_per_step",
+                                            "conv_share", "mfu", "gflop_per_image")
+                                if c in row_c["rows"][0]])
+    for k, v in row_c["ratios"].items():
+        print(f"{k}: {v:.3f}")
+    if "bound_if_only_convolutions_remained" in row_c:
+        print("upper bound on ours/diffusers if every non-convolution op of ours cost nothing: "
+              f"{row_c['bound_if_only_convolutions_remained']:.2f}")
     write_result("vs_diffusers" + ("_cuda" if cuda else ""), {
-        "machine": machine(args.device, "shared 2-core CPU, loaded by other jobs" if not cuda else ""),
+        "machine": machine(args.device, args.note),
         "correctness": rows_a, "loop_overhead": rows_b, "training": row_c,
         "seconds": round(time.perf_counter() - t0, 1)}, args.out_dir)
 

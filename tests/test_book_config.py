@@ -133,3 +133,15 @@ def test_hidden_folders_are_excluded_from_the_build():
     # Sphinx would read them and `-W` would fail on "document isn't included in any toctree".
     patterns = CONFIG["exclude_patterns"]
     assert ".*" in patterns and "**/.*" in patterns
+
+
+def test_benchmarks_page_is_generated_from_the_committed_results():
+    """book/benchmarks.md must be what make_benchmarks_page.py renders from benchmarks/results
+    and the shipped models' JSON: rerun it after changing either."""
+    import importlib.util
+    path = ROOT / "benchmarks" / "make_benchmarks_page.py"
+    spec = importlib.util.spec_from_file_location("make_benchmarks_page", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render() == (ROOT / "book" / "benchmarks.md").read_text(), \
+        "book/benchmarks.md is stale: run `python benchmarks/make_benchmarks_page.py`"
