@@ -1,8 +1,8 @@
 """Training-step time and peak memory against batch size and model width, on the CPU.
 
-One training step (noise, forward, L_simple, backward, AdamW) of the MNIST UNet
-(channel_mults (1, 2, 2), one residual block per level, no attention: the ``quick``
-preset), timed at several batch sizes and several base widths. Each setting runs in a
+One training step (noise, forward, L_simple, backward, AdamW) of the ``quick`` preset's
+MNIST UNet (channel_mults (1, 2, 4), one residual block per level, attention at 7x7; base
+width 16 there), timed at several batch sizes and several base widths. Each setting runs in a
 fresh subprocess, so its peak resident memory (``ru_maxrss``) is its own.
 
     python benchmarks/bench_scaling.py [--batches 8,16,32,64,128] [--widths 8,16,32,64] [--steps 3]
@@ -23,12 +23,11 @@ def one(batch: int, width: int, steps: int) -> dict:
     """Run inside the subprocess: time ``steps`` steps after one warm-up step."""
     import torch
     from _common import peak_rss_mib, timed
-    from diffusion_tutorial import GaussianDiffusion
-    from diffusion_tutorial.unet import UNet, count_parameters
+    from diffusion_tutorial import GaussianDiffusion, get_config
+    from diffusion_tutorial.unet import count_parameters
     base_rss = peak_rss_mib()
     torch.manual_seed(0)
-    model = UNet(1, base_channels=width, channel_mults=(1, 2, 2), num_res_blocks=1,
-                 attention_resolutions=(), image_size=28, groups=min(8, width))
+    model = get_config("quick", base_channels=width, groups=min(8, width)).build_model()
     diffusion = GaussianDiffusion(timesteps=1000)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
@@ -55,8 +54,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="8,16,32,64,128")
     p.add_argument("--widths", default="8,16,32,64")
-    p.add_argument("--width", type=int, default=32, help="width for the batch sweep")
-    p.add_argument("--batch", type=int, default=32, help="batch for the width sweep")
+    p.add_argument("--width", type=int, default=16, help="width for the batch sweep (quick: 16)")
+    p.add_argument("--batch", type=int, default=64, help="batch for the width sweep (quick: 64)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out-dir", default=None)
     add_note_option(p)
@@ -80,7 +79,7 @@ def main() -> None:
             result[key + "_from"] = previous.get("date", "")
         print(f"\n{title}")
         print_table(result[key], cols)
-    write_result("scaling", result)
+    write_result("scaling", result, args.out_dir)
 
 
 if __name__ == "__main__":
