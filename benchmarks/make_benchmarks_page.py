@@ -226,8 +226,10 @@ def render() -> str:
              "classifier calls with probability at least 0.9; and the class entropy, the entropy "
              "of the predicted-digit histogram (log 10 ≈ 2.303 when all ten digits appear equally "
              "often). The classifier-FID is not comparable with the Inception FID of papers. For "
-             "CIFAR-10 the optional packages `torch-fidelity` or `clean-fid` compute the standard "
-             "FID (they download Inception weights).", ""]
+             "a CIFAR-10 run, `python benchmarks/bench_fid_cifar10.py RUN_DIR` computes the standard "
+             "Inception FID against the 50,000 training images with the optional package "
+             "`torch-fidelity` or `clean-fid`, where one is installed and can download its Inception "
+             "weights once; nothing else in the project needs them.", ""]
     for section in (section_pretrained, section_classifier, section_vs_diffusers, section_quality,
                     section_time_to_quality, section_scaling):
         lines += section()
