@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from _common import add_note_option, machine, print_table, write_result
-from diffusion_tutorial.classifier import _stack, accuracy, load_classifier
+from diffusion_tutorial.classifier import _stack, accuracy, confident_share_on, load_classifier
 from diffusion_tutorial.data import get_dataset, to_model_range
 from diffusion_tutorial.metrics import classify, fid_from_features
 
@@ -69,18 +69,20 @@ def main() -> None:
     x_test, y_test = _stack(get_dataset("mnist-sample", train=False))
     x_all, _ = _stack(get_dataset("mnist-sample", train=None))
     rows = [{"test set": "mnist-sample held-out split", "n": len(x_test),
-             "accuracy": accuracy(clf, x_test, y_test)}]
+             "accuracy": accuracy(clf, x_test, y_test),
+             "confident_share": confident_share_on(clf, x_test)}]
     floor_rows = floors(x_all, [50, 100, 250, 500, 1000, 2500])
     for r in floor_rows:
         r["real digits"] = "mnist-sample (all 5,000)"
     if args.mnist_test_dir:
         x_off, y_off = official_test_set(Path(args.mnist_test_dir))
         rows.append({"test set": "official MNIST test set", "n": len(x_off),
-                     "accuracy": accuracy(clf, x_off, y_off)})
+                     "accuracy": accuracy(clf, x_off, y_off),
+                     "confident_share": confident_share_on(clf, x_off)})
         for r in floors(x_off, [100, 500, 1000, 2500, 5000]):
             r["real digits"] = "official MNIST test set"
             floor_rows.append(r)
-    print_table(rows, ["test set", "n", "accuracy"])
+    print_table(rows, ["test set", "n", "accuracy", "confident_share"])
     print()
     print_table(floor_rows, ["real digits", "n", "fid_floor_mean", "fid_floor_std"])
     write_result("classifier", {"machine": machine("cpu", args.note),

@@ -108,6 +108,9 @@ def main() -> None:
     p.add_argument("--every", type=int, default=0, help="only snapshots whose step is a multiple")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: stochastic)")
     p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--result-name", default="time_to_quality",
+                   help="result file name (several runs can be compared on the page)")
+    p.add_argument("--title", default="", help="a heading for this run on the page")
     p.add_argument("--training-note", default="",
                    help="how the run was trained (command, machine, its load), shown with the table")
     p.add_argument("--out-dir", default=None)
@@ -121,8 +124,9 @@ def main() -> None:
     r = result["first_reached"]
     print(f"confident share >= {args.target}: " +
           (f"step {r['step']}, {r['train_minutes']:.1f} training minutes" if r else "not reached in this run"))
-    write_result("time_to_quality", {"machine": machine("cpu", args.note),
-                                     "training_note": args.training_note, **result}, args.out_dir)
+    write_result(args.result_name, {"machine": machine("cpu", args.note),
+                                     "title": args.title, "training_note": args.training_note,
+                                     **result}, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,10 @@ def section_classifier() -> list[str]:
     out = ["## The yardstick: accuracy and the FID floor", ""]
     if not res:
         return out + [missing("bench_classifier.py"), ""]
-    out += [machine_line(res), "", table(res["accuracy"], ["test set", "n", "accuracy"]), "",
+    cols = [c for c in ("test set", "n", "accuracy", "confident_share") if c in res["accuracy"][0]]
+    out += [machine_line(res), "", table(res["accuracy"], cols,
+                                         [{"confident_share": "confident share (p ≥ 0.9)"}.get(c, c)
+                                          for c in cols]), "",
             "The FID between two disjoint sets of n *real* digits is not 0: it is the noise floor "
             "of the estimate, and it shrinks as n grows. Compare FIDs only at the same n.", "",
             table(res["fid_floor_vs_n"], ["real digits", "n", "fid_floor_mean", "fid_floor_std"],
@@ -190,23 +193,25 @@ def section_scaling() -> list[str]:
 
 
 def section_time_to_quality() -> list[str]:
-    res = load("time_to_quality")
     out = ["## Time to quality", ""]
-    if not res:
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("time_to_quality*.json"))]
+    if not results:
         return out + [missing("bench_time_to_quality.py"), ""]
-    r = res["first_reached"]
-    reached = (f"The confident share first reached {res['target_confident_share']} at step "
-               f"{r['step']:,}, after {r['train_minutes']:.1f} minutes of training." if r else
-               f"The confident share did not reach {res['target_confident_share']} in this run.")
-    out += [machine_line(res), "",
-            f"Snapshots of the EMA weights during one run, each measured with {res['n']} DDIM "
-            f"samples of {res['ddim_steps']} steps (η = {res.get('eta', 0):g}). {reached}", "",
-            table(res["rows"], [c for c in ("step", "train_minutes", "confident_share",
-                                             "confident_share_real", "class_entropy", "fid", "fid_floor")
-                                if c in res["rows"][0]]),
-            ""]
-    if res.get("training_note"):
-        out += [res["training_note"], ""]
+    for res in results:
+        r = res["first_reached"]
+        reached = (f"The confident share first reached {res['target_confident_share']} at step "
+                   f"{r['step']:,}, after {r['train_minutes']:.1f} minutes of training." if r else
+                   f"The confident share did not reach {res['target_confident_share']} in this run.")
+        if res.get("title"):
+            out += [f"### {res['title']}", ""]
+        out += [machine_line(res), ""]
+        if res.get("training_note"):
+            out += [res["training_note"], ""]
+        out += [f"Snapshots of the EMA weights during the run, each measured with {res['n']} DDIM "
+                f"samples of {res['ddim_steps']} steps (η = {res.get('eta', 0):g}). {reached}", "",
+                table(res["rows"], [c for c in ("step", "train_minutes", "confident_share",
+                                                 "confident_share_real", "class_entropy", "fid",
+                                                 "fid_floor") if c in res["rows"][0]]), ""]
     return out
 
 

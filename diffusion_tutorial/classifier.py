@@ -122,15 +122,18 @@ def confident_share_on_noise(classifier: nn.Module, n: int = 500, seed: int = 0)
     """Share of uniform-noise images that the classifier calls with p ≥ 0.9 (should be ~0)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
-    return _confident_share_on(classifier, x)
+    return confident_share_on(classifier, x)
 
 
 @torch.no_grad()
-def _confident_share_on(classifier: nn.Module, images: torch.Tensor, threshold: float = 0.9) -> float:
+def confident_share_on(classifier: nn.Module, images: torch.Tensor, threshold: float = 0.9,
+                       batch_size: int = 1000) -> float:
     """Share of ``images`` the classifier calls with p ≥ ``threshold`` (real digits: near 1)."""
     device = next(classifier.parameters()).device
-    p = classifier.eval()(images.to(device)).softmax(-1).max(-1).values
-    return (p >= threshold).float().mean().item()
+    classifier.eval()
+    hits = sum((classifier(images[i:i + batch_size].to(device)).softmax(-1).max(-1).values
+                >= threshold).sum().item() for i in range(0, len(images), batch_size))
+    return hits / len(images)
 
 
 def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +204,7 @@ def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size:
             "n_test": len(x_test), "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
             "outlier_exposure": outliers, "label_smoothing": label_smoothing,
-            "confident_share_on_held_out_digits": _confident_share_on(model, x_test),
+            "confident_share_on_held_out_digits": confident_share_on(model, x_test),
             "confident_share_on_uniform_noise": confident_share_on_noise(model),
             "train_seconds": round(time.perf_counter() - start, 1)}
     return model, info

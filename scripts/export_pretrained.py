@@ -11,6 +11,11 @@ numbers in the JSON describe exactly what ``load_pretrained`` returns.
 
     python scripts/export_pretrained.py runs/pretrained-mnist --name mnist \
         --command "python -m diffusion_tutorial train --preset quick ..." [--n-eval 500]
+
+After the metrics classifier changes, ``--remeasure`` recomputes only the metrics of the
+weights already shipped (they and their checksum stay as they are):
+
+    python scripts/export_pretrained.py --remeasure --name mnist
 """
 from __future__ import annotations
 
@@ -31,9 +36,11 @@ from diffusion_tutorial.train import load_run, save_samples
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?", help="the training run to export (not with --remeasure)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="only recompute the metrics of the shipped weights")
     p.add_argument("--name", default="mnist")
-    p.add_argument("--command", required=True, help="the exact training command of the run")
+    p.add_argument("--command", help="the exact training command of the run (required to export)")
     p.add_argument("--note", default="", help="how the run ended, on what machine")
     p.add_argument("--out", default=str(PRETRAINED_DIR))
     p.add_argument("--n-eval", type=int, default=500, help="samples for the metrics")
@@ -42,10 +49,15 @@ def main() -> None:
                    help="DDIM eta values to measure; the first gives the headline metrics and the PNG")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     args = p.parse_args()
+    out = Path(args.out)
+    if args.remeasure:
+        info = json.loads((out / f"{args.name}.json").read_text())
+        return measure(info, args, out)
+    if not args.run_dir or not args.command:
+        p.error("exporting needs run_dir and --command (or use --remeasure)")
 
     config, ema_model, diffusion = load_run(args.run_dir, device="cpu")
     log = [json.loads(line) for line in (Path(args.run_dir) / "loss_log.jsonl").read_text().splitlines() if line]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{args.name}.safetensors"
     dtype = getattr(torch, args.dtype)
@@ -71,8 +83,12 @@ def main() -> None:
         "config": config.to_dict(),
     }
     (out / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    measure(info, args, out)
 
-    # Measure what ships: reload through load_pretrained (checks the checksum too).
+
+def measure(info: dict, args, out: Path) -> None:
+    """Measure what ships: reload through load_pretrained (checks the checksum too), sample
+    with each eta, and store the metrics (and the first eta's grid) next to the weights."""
     model, diffusion, _ = load_pretrained(args.name, device="cpu", directory=out)
     by_sampler = []
     for eta in [float(e) for e in args.eval_etas.split(",")]:
