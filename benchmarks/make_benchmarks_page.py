@@ -50,7 +50,9 @@ def machine_line(res) -> str:
         parts.insert(0, m["gpu"])
     if m.get("note"):
         parts.append(m["note"])
-    return f"*Measured {res['date']} on: " + ", ".join(parts) + f".* Reproduce: `{res['command']}`"
+    cmd = res["command"]
+    code = f"`` {cmd} ``" if "`" in cmd else f"`{cmd}`"  # a command that itself holds backticks
+    return f"*Measured {res['date']} on: " + ", ".join(parts) + f".* Reproduce: {code}"
 
 
 def missing(script: str) -> str:
