@@ -18,6 +18,7 @@ from typing import Any, Optional
 from .schedules import SCHEDULES
 
 PRECISIONS = ("auto", "bf16", "no")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_schedule: str = "constant"         # or "cosine": decays to 0 at `steps` after warm-up
     steps: int = 2000
     grad_clip: float = 1.0                # 0 disables clipping
     ema_decay: float = 0.995
@@ -173,6 +175,10 @@ class TrainConfig:
         if self.schedule == "linear" and not (0 < self.beta_start < 1 and 0 < self.beta_end < 1):
             raise ConfigError(f"betas must lie in (0, 1): got beta_start={self.beta_start}, "
                               f"beta_end={self.beta_end}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}"
+                              f"{closest(self.lr_schedule, LR_SCHEDULES)}; choose one of: "
+                              f"{', '.join(LR_SCHEDULES)}.")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         if self.sample_steps > self.timesteps:

@@ -173,9 +173,18 @@ def save_loss_plot(losses: list, path) -> None:
 
 
 # ---------------------------------------------------------------------- the loop
-def warmup_lambda(warmup_steps: int):
-    """Learning-rate factor: linear from 1/warmup to 1 over ``warmup_steps``, then 1."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def warmup_lambda(warmup_steps: int, total_steps: int = 0, schedule: str = "constant"):
+    """Learning-rate factor: linear from 1/warmup to 1 over ``warmup_steps``, then 1
+    (``"constant"``, as DDPM) or ½(1 + cos(π p)) with p the fraction of the post-warm-up steps
+    done (``"cosine"``: 0 at ``total_steps``; a resumed run with more steps re-stretches it)."""
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine" and total_steps > warmup_steps:
+            p = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * p))
+        return 1.0
+    return factor
 
 
 def _read_log(path: Path, end: int) -> list:
@@ -225,7 +234,8 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
     diffusion = config.build_diffusion().to(device)
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_lambda(config.warmup_steps, config.steps, config.lr_schedule))
 
     step, log_pos, elapsed = 0, 0, 0.0
     log_path = run_dir / LOSS_LOG

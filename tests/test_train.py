@@ -8,6 +8,7 @@ import torch
 
 from conftest import TinyEps
 from diffusion_tutorial.checkpoint import load_checkpoint
+from diffusion_tutorial.config import ConfigError, get_config
 from diffusion_tutorial.ema import EMA
 from diffusion_tutorial.train import (TrainingDiverged, TrainingInterrupted, batch_indices,
                                       load_run, train, warmup_lambda)
@@ -129,6 +130,18 @@ def test_warmup_is_linear():
     f = warmup_lambda(4)
     assert [f(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_lambda(0)(0) == 1.0
+
+
+def test_cosine_schedule_follows_its_formula():
+    """After warm-up, ½(1 + cos(π p)): 1 at the start, ½ half-way, 0 at the last step."""
+    f = warmup_lambda(2, 10, "cosine")
+    assert [f(s) for s in (0, 1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert all(f(s) > f(s + 1) for s in range(2, 10))
+    assert f(50) == pytest.approx(0.0)
+    assert warmup_lambda(2, 10)(9) == 1.0  # the default stays constant
+    with pytest.raises(ConfigError, match="did you mean 'cosine'"):
+        get_config("tiny", lr_schedule="cosin")
 
 
 def test_ema_matches_closed_form():
