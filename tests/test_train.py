@@ -64,6 +64,7 @@ class InterruptAt(TinyEps):
 
 
 def test_ctrl_c_saves_then_stops_and_resume_matches(tmp_path, tiny_config, bars):
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup
     tiny_config.run_dir = str(tmp_path / "straight")
     torch.manual_seed(0)
     straight = train(tiny_config, progress=False, dataset=bars, model=InterruptAt(at=-1))
@@ -72,7 +73,7 @@ def test_ctrl_c_saves_then_stops_and_resume_matches(tmp_path, tiny_config, bars)
     with pytest.raises(TrainingInterrupted, match="interrupted at step 4"):
         train(tiny_config, progress=False, dataset=bars, model=InterruptAt(at=4))
     assert load_checkpoint(tiny_config.run_dir).state["step"] == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    assert signal.getsignal(signal.SIGINT) is before   # the caller's handler is restored
     torch.manual_seed(0)
     resumed = train(tiny_config, resume=True, progress=False, dataset=bars, model=InterruptAt(at=-1))
     for k, v in straight.model.state_dict().items():
