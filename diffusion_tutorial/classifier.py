@@ -164,8 +164,9 @@ def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size:
     and (``outliers``) outlier exposure, see :func:`_outliers`. ``init`` continues from
     given weights. Digits get hard one-hot targets by default: label smoothing ε caps the
     trained confidence near 1 − ε + ε/10, too close to the 0.9 threshold of the confident
-    share (with ε = 0.05 only 87% of held-out real digits passed it). Defaults to the ``mnist-sample`` train split, with the test split held
-    out. Returns ``(classifier, info)`` with ``info`` holding the test accuracy."""
+    share (with ε = 0.05 only 87% of held-out real digits passed it). Defaults to the
+    ``mnist-sample`` train split, with the test split held out. Returns
+    ``(classifier, info)`` with ``info`` holding the test accuracy."""
     from .diffusion import GaussianDiffusion
     diffusion = GaussianDiffusion(timesteps=1000)
     from .data import get_dataset

@@ -170,8 +170,9 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
       at (nearly) the same sample size, what a perfect model would get;
     * ``confident_share``, ``class_entropy`` (and ``class_entropy_max`` = log 10),
       ``class_counts``, ``mean_max_prob`` and the counts ``n``, ``n_ref``, ``n_floor``;
-    * ``confident_share_real``: the confident share of all of H, the ceiling a perfect
-      model would reach (the classifier is not sure of every real digit either).
+    * with ``floor``, ``confident_share_real``: the confident share of all of H, the
+      ceiling a perfect model would reach (the classifier is not sure of every real digit
+      either).
     """
     samples = torch.as_tensor(samples)
     if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 28, 28):
