@@ -151,7 +151,7 @@ def generate(model, diffusion, config: dict, args, device, folder: Path) -> int:
     import torch
     from PIL import Image
     from tqdm.auto import tqdm
-    from diffusion_tutorial import ddim_sample, ddpm_sample
+    from diffusion_tutorial import sample
     from diffusion_tutorial.data import from_model_range
 
     num_classes = 10 if config.get("class_conditional") else None
@@ -164,13 +164,9 @@ def generate(model, diffusion, config: dict, args, device, folder: Path) -> int:
             y = (torch.arange(written, written + b, device=device) % num_classes
                  if num_classes else None)
             x_T = torch.randn(shape, generator=gen).to(device)
-            if args.sampler == "ddim":
-                x = ddim_sample(diffusion, model, shape, steps=args.steps, eta=args.eta, y=y,
-                                generator=gen, device=device, x_T=x_T, clip_denoised=True,
-                                progress=False)
-            else:
-                x = ddpm_sample(diffusion, model, shape, y=y, generator=gen, device=device,
-                                x_T=x_T, clip_denoised=True, progress=False)
+            x = sample(diffusion, model, shape, sampler=args.sampler, steps=args.steps,
+                       eta=args.eta, y=y, generator=gen, device=device, x_T=x_T,
+                       clip_denoised=True, progress=False)
             x01 = from_model_range(x.clamp(-1, 1).float().cpu())            # (b, 3, 32, 32) in [0, 1]
             u8 = (x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (b, 32, 32, 3)
             for i, img in enumerate(u8):
