@@ -37,8 +37,27 @@ def find_submissions(paths: list[str]) -> list[Path]:
     return found
 
 
+# Failures of the grading machine, not of the submission: a Jupyter kernel that dies or
+# hangs while starting (e.g. two kernels started at once picked the same port). Such a
+# submission is graded again, up to ``KERNEL_START_ATTEMPTS`` times in all.
+KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Kernel didn't respond")
+KERNEL_START_ATTEMPTS = 3
+
+
 def grade_one(submission: Path, autograder: Path, timeout: int) -> dict:
-    """Run ``otter run`` on one submission; return {question: (score, max)} or an error."""
+    """Run ``otter run`` on one submission; return {question: (score, max)} or an error.
+    A kernel that fails to start is retried (see ``KERNEL_START_ERRORS``)."""
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        graded = _otter_run(submission, autograder, timeout)
+        error = graded.get("error", "")
+        if not any(e in error for e in KERNEL_START_ERRORS):
+            return graded
+        print(f"{submission.name}: kernel failed to start (attempt {attempt} of "
+              f"{KERNEL_START_ATTEMPTS}): {error}", file=sys.stderr)
+    return graded
+
+
+def _otter_run(submission: Path, autograder: Path, timeout: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "otter", "run", "-a", str(autograder), "-o", out,
                "--no-logo", str(submission)]
