@@ -30,7 +30,9 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports usage errors in one line (no usage block)."""
 
     def error(self, message: str):  # noqa: D401
-        self.exit(2, f"error: {message} (see `python -m diffusion_tutorial {self.prog.split()[-1]} --help`)\n")
+        words = self.prog.split()  # "diffusion_tutorial" or "diffusion_tutorial train"
+        command = " ".join(["python -m diffusion_tutorial", *words[1:], "--help"])
+        self.exit(2, f"error: {message} (see `{command}`)\n")
 
 
 def _tuple(text: str) -> tuple:
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--guidance-scale", type=float, default=1.0)
     sa.add_argument("--device", default="auto")
     sa.add_argument("--no-progress", action="store_true")
+    parser.subcommands = {"train": tr, "sample": sa}
     return parser
 
 
@@ -128,9 +131,12 @@ def cmd_sample(args) -> int:
 def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
-        args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+        args, extra = parser.parse_known_args(["train", *argv])
+    if extra:  # reported by the subcommand's parser, so the hint names its --help
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if os.environ.get("DIFFUSION_TUTORIAL_DEBUG"):
         return {"train": cmd_train, "sample": cmd_sample}[args.command](args)
     warnings.filterwarnings("ignore")

@@ -108,6 +108,21 @@ def test_every_fault_gives_one_line_in_process(trained_run, tmp_path, capsys, mo
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("argv, words, hint", [
+    (["train", "--run-dir", "x"], "unrecognized arguments: --run-dir x", "train --help"),
+    (["--run-dir"], "unrecognized arguments: --run-dir", "train --help"),  # train is the default
+    (["sample", "--checkpoint", "c", "--stepz", "5"], "unrecognized arguments: --stepz 5",
+     "sample --help"),
+    (["smaple"], "invalid choice: 'smaple'", "--help"),
+])
+def test_a_usage_error_names_the_mistake_and_the_right_help(argv, words, hint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert words in line and line.endswith(f"(see `python -m diffusion_tutorial {hint}`)"), line
+
+
 class _nothing:
     def __enter__(self):
         return self
