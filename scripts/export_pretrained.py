@@ -10,7 +10,8 @@ and measures the shipped (float16-rounded) weights with the classifier metrics, 
 numbers in the JSON describe exactly what ``load_pretrained`` returns.
 
     python scripts/export_pretrained.py runs/pretrained-mnist --name mnist \
-        --command "python -m diffusion_tutorial train --preset quick ..." [--n-eval 500]
+        --command "python -m diffusion_tutorial train --preset quick ..." [--n-eval 500] \
+        [--eval-steps 100,50 --eval-etas 1,0]
 
 After the metrics classifier changes, ``--remeasure`` recomputes only the metrics of the
 weights already shipped (they and their checksum stay as they are):
@@ -44,9 +45,11 @@ def main() -> None:
     p.add_argument("--note", default="", help="how the run ended, on what machine")
     p.add_argument("--out", default=str(PRETRAINED_DIR))
     p.add_argument("--n-eval", type=int, default=500, help="samples for the metrics")
-    p.add_argument("--eval-steps", type=int, default=50, help="DDIM steps for the metrics")
+    p.add_argument("--eval-steps", default="100,50",
+                   help="DDIM step counts to measure (comma-separated)")
     p.add_argument("--eval-etas", default="1,0",
-                   help="DDIM eta values to measure; the first gives the headline metrics and the PNG")
+                   help="DDIM eta values to measure with each step count; the first step count "
+                        "with the first eta gives the headline metrics and the PNG")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     args = p.parse_args()
     out = Path(args.out)
@@ -91,13 +94,15 @@ def measure(info: dict, args, out: Path) -> None:
     with each eta, and store the metrics (and the first eta's grid) next to the weights."""
     model, diffusion, _ = load_pretrained(args.name, device="cpu", directory=out)
     by_sampler = []
-    for eta in [float(e) for e in args.eval_etas.split(",")]:
+    settings = [(int(steps), float(eta)) for steps in str(args.eval_steps).split(",")
+                for eta in args.eval_etas.split(",")]
+    for steps, eta in settings:
         t0 = time.perf_counter()
-        x = ddim_sample(diffusion, model, (args.n_eval, 1, 28, 28), steps=args.eval_steps, eta=eta,
+        x = ddim_sample(diffusion, model, (args.n_eval, 1, 28, 28), steps=steps, eta=eta,
                         generator=set_seed(0), progress=False)
         seconds = time.perf_counter() - t0
         metrics = evaluate_samples(x)
-        metrics.update(sampler=f"ddim, {args.eval_steps} steps, eta={eta:g}", seed=0,
+        metrics.update(sampler=f"ddim, {steps} steps, eta={eta:g}", seed=0,
                        sampling_seconds=round(seconds, 1))
         by_sampler.append(metrics)
         if len(by_sampler) == 1:
