@@ -132,9 +132,9 @@ def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["train", *argv]  # train is the default command: `... --preset tiny` trains
     args, extra = parser.parse_known_args(argv)
-    if args.command is None:
-        args, extra = parser.parse_known_args(["train", *argv])
     if extra:  # reported by the subcommand's parser, so the hint names its --help
         parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if os.environ.get("DIFFUSION_TUTORIAL_DEBUG"):

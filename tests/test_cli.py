@@ -3,6 +3,7 @@ run killed with SIGKILL that resumes with a valid checkpoint and a continuous lo
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,14 @@ def test_a_usage_error_names_the_mistake_and_the_right_help(argv, words, hint, c
     assert exit_info.value.code == 2
     line = _one_line(capsys.readouterr().err)
     assert words in line and line.endswith(f"(see `python -m diffusion_tutorial {hint}`)"), line
+
+
+def test_train_is_the_default_command_also_with_flag_values(capsys):
+    """`python -m diffusion_tutorial --preset tiny ...` means `train --preset tiny ...` (a
+    flag's value must not be taken for a subcommand)."""
+    assert main(["--preset", "tiny", "--steps", "7", "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "preset 'tiny'" in out and re.search(r"^\s+steps\s+7$", out, re.M), out
 
 
 class _nothing:
