@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,11 +51,12 @@ def grade_one(submission: Path, autograder: Path, timeout: int) -> dict:
     A kernel that fails to start is retried (see ``KERNEL_START_ERRORS``)."""
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
         graded = _otter_run(submission, autograder, timeout)
-        error = graded.get("error", "")
-        if not any(e in error for e in KERNEL_START_ERRORS):
+        output = graded.pop("output", "")
+        if not any(e in output for e in KERNEL_START_ERRORS):
             return graded
         print(f"{submission.name}: kernel failed to start (attempt {attempt} of "
-              f"{KERNEL_START_ATTEMPTS}): {error}", file=sys.stderr)
+              f"{KERNEL_START_ATTEMPTS}): {graded['error']}", file=sys.stderr)
+        time.sleep(random.uniform(0.5, 3.0))  # so jobs that failed together start apart
     return graded
 
 
@@ -67,8 +70,10 @@ def _otter_run(submission: Path, autograder: Path, timeout: int) -> dict:
             return {"error": f"timed out after {timeout} s"}
         results = Path(out) / "results.json"
         if proc.returncode != 0 or not results.exists():
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            return {"error": lines[-1] if lines else f"otter run exited with {proc.returncode}"}
+            output = (proc.stderr or proc.stdout).strip()
+            lines = output.splitlines()
+            return {"error": lines[-1] if lines else f"otter run exited with {proc.returncode}",
+                    "output": output}
         tests = json.loads(results.read_text())["tests"]
     return {"scores": {t["name"]: (t["score"], t["max_score"]) for t in tests if "score" in t}}
 
