@@ -91,7 +91,8 @@ def main() -> None:
 
 def measure(info: dict, args, out: Path) -> None:
     """Measure what ships: reload through load_pretrained (checks the checksum too), sample
-    with each eta, and store the metrics (and the first eta's grid) next to the weights."""
+    with every (DDIM steps, eta) pair, and store the metrics (and the first pair's grid)
+    next to the weights."""
     model, diffusion, _ = load_pretrained(args.name, device="cpu", directory=out)
     by_sampler = []
     settings = [(int(steps), float(eta)) for steps in str(args.eval_steps).split(",")
