@@ -50,12 +50,12 @@ def main() -> None:
     rows = []
 
     def run(name, fn, n, steps, eta):
-        for seed in seeds:
-            x_T = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        for seed in seeds:  # x_T from stream 2·seed, the sampler's noise from 2·seed + 1
+            x_T = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(2 * seed))
             run_once(name, fn, n, steps, eta, seed, x_T)
 
     def run_once(name, fn, n, steps, eta, seed, x_T):
-        g = torch.Generator().manual_seed(1 + seed)
+        g = torch.Generator().manual_seed(2 * seed + 1)
         t0 = time.perf_counter()
         x = fn(x_T.to(args.device), g).cpu()
         seconds = time.perf_counter() - t0
@@ -78,7 +78,7 @@ def main() -> None:
                                              progress=False), args.n_ddpm, diffusion.num_timesteps,
             f"(sigma^2={diffusion.variance})")
     print()
-    print_table(rows, ["sampler", "steps", "eta", "n", "fid", "fid_floor", "confident_share",
+    print_table(rows, ["sampler", "steps", "eta", "n", "seed", "fid", "fid_floor", "confident_share",
                        "confident_share_real", "class_entropy", "ms_per_sample"])
     summary = ddim50_vs_ddpm([r for r in rows if r["seed"] == seeds[0]])
     if summary:
