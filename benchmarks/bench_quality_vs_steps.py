@@ -20,6 +20,7 @@ DDIM-50 with DDPM-1000.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -100,12 +101,12 @@ def seed_spread(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["sampler"], r["steps"], r["eta"], r["n"]), []).append(r)
     out = []
     for (sampler, steps, eta, n), rs in groups.items():
-        fid = torch.tensor([r["fid"] for r in rs], dtype=torch.float64)
-        conf = torch.tensor([r["confident_share"] for r in rs], dtype=torch.float64)
+        fid = [r["fid"] for r in rs]
+        conf = [r["confident_share"] for r in rs]
         out.append({"sampler": sampler, "steps": steps, "eta": eta, "n": n, "seeds": len(rs),
-                    "fid_mean": fid.mean().item(), "fid_std": fid.std().item(),
-                    "confident_share_mean": conf.mean().item(),
-                    "confident_share_std": conf.std().item()})
+                    "fid_mean": statistics.mean(fid), "fid_std": statistics.stdev(fid),
+                    "confident_share_mean": statistics.mean(conf),
+                    "confident_share_std": statistics.stdev(conf)})
     return out
 
 
