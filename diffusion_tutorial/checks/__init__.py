@@ -13,9 +13,9 @@ autograder and pytest tests want::
     check_q_sample(my_q_sample)               # prints the report
     check_q_sample(my_q_sample, strict=True)  # raises AssertionError if anything is wrong
 
-The modules: :mod:`.harness` (results, reference answers, comparison; its docstring
-says how to add a check), :mod:`.cases` (the inputs a check tries), :mod:`.forward`, :mod:`.reverse`, :mod:`.loss` and
-:mod:`.sampling` (the checks, by chapter).
+The modules: :mod:`.harness` (results, reference answers, comparison; its docstring says
+how to add a check), :mod:`.cases` (the inputs a check tries), and the checks by chapter,
+:mod:`.forward`, :mod:`.reverse`, :mod:`.loss` and :mod:`.sampling`.
 """
 from .cases import Case, T_CHECK
 from .harness import (CheckResult, Part, Stop, TOLERANCES, _reference_cosine_schedule,
