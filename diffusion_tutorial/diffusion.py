@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .schedules import alphas_cumprod_from_betas, check_betas, make_betas
+from .utils import as_timestep_tensor
 
 Model = Callable[..., torch.Tensor]
 
@@ -124,17 +125,7 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _timesteps(self, t, batch: int, device) -> torch.Tensor:
         """Turn an int or a tensor of 0-based indices into a (B,) long tensor, checked."""
-        t = torch.as_tensor(t, device=device).long()
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must be an int or have shape ({batch},), got {tuple(t.shape)}.")
-        if (t < 0).any() or (t >= self.num_timesteps).any():
-            raise ValueError(
-                f"timestep index out of range: t must be in 0..{self.num_timesteps - 1} "
-                "(0-based; index i is paper time t = i + 1)."
-            )
-        return t
+        return as_timestep_tensor(t, batch, device, self.num_timesteps)
 
     def sample_timesteps(self, batch: int, device=None, generator=None) -> torch.Tensor:
         """t uniform over the T steps (paper 1..T, i.e. indices 0..T−1), shape (B,)."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .unet import timestep_embedding
+from .utils import as_timestep_tensor
 
 
 class _Block(nn.Module):
@@ -71,12 +72,7 @@ class MLPDenoiser(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}.")
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"t must be an int or a ({B},) tensor of timestep indices, "
-                             f"got shape {tuple(t.shape)}.")
+        t = as_timestep_tensor(t, B, x.device)
         emb = self.time_mlp(timestep_embedding(t.float() * (1000.0 / self.timesteps), self.hidden))
         if self.class_emb is not None:
             if y is None:

@@ -25,6 +25,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .utils import as_timestep_tensor
+
 
 def two_moons(n: int, noise: float = 0.1, generator: Optional[torch.Generator] = None,
               return_labels: bool = False):
@@ -51,13 +53,7 @@ def two_moons(n: int, noise: float = 0.1, generator: Optional[torch.Generator] =
 def _abar(diffusion, t, n: int) -> torch.Tensor:
     """ᾱ_t for 0-based indices ``t`` (int or (n,) tensor) as float64, shape (n, 1), or
     (1, 1) when every row shares one t (as in a sampling loop), which broadcasts cheaply."""
-    t = torch.as_tensor(t).long().cpu()
-    t = t.expand(n) if t.ndim == 0 else t
-    if t.shape != (n,):
-        raise ValueError(f"t must be an int or have shape ({n},), got {tuple(t.shape)}.")
-    T = diffusion.num_timesteps
-    if (t < 0).any() or (t >= T).any():
-        raise ValueError(f"timestep index out of range: t must be in 0..{T - 1} (0-based).")
+    t = as_timestep_tensor(t, n, "cpu", diffusion.num_timesteps)
     if n > 0 and bool((t == t[0]).all()):
         t = t[:1]
     return diffusion.alphas_cumprod.detach().cpu().double()[t][:, None]

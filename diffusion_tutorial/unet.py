@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .utils import as_timestep_tensor
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of timestep indices (Vaswani et al. 2017, section 3.5; DDPM
@@ -242,12 +244,7 @@ class UNet(nn.Module):
 
     def embed(self, t: torch.Tensor, batch: int, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The conditioning vector: time MLP of the sinusoid of t, plus the class embedding."""
-        t = torch.as_tensor(t, device=self.conv_in.weight.device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must be an int or a ({batch},) tensor of timestep indices, "
-                             f"got shape {tuple(t.shape)}.")
+        t = as_timestep_tensor(t, batch, self.conv_in.weight.device)
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))  # (B, 4C)
         if self.class_emb is None:
             if y is not None:
