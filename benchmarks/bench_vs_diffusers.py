@@ -235,14 +235,13 @@ def training_throughput(size: str, device: str, batch: int, steps: int, rounds: 
                         diffusion.p_losses(m, data).backward()
                 m.zero_grad(set_to_none=True)
                 flops[(name, layout)] = counter.get_total_flops()
-    sync = torch.cuda.synchronize if cuda else None
     for s in steppers.values():  # warm-up (and compilation)
         for _ in range(3):
             s()
     times = {k: [] for k in steppers}
     for _ in range(rounds):  # alternate all variants so they see the same load
         for key, s in steppers.items():
-            times[key].append(timed(s, steps, warmup=0, sync=sync)["median"])
+            times[key].append(timed(s, steps, warmup=0, device=device)["median"])
     if not cuda:
         shares = {key: conv_share(s) for key, s in steppers.items()}
     rows = []

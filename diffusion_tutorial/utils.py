@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
+import time
 from typing import Optional
 
 import numpy as np
@@ -76,3 +78,31 @@ def as_timestep_tensor(t, batch: int, device=None, num_timesteps: Optional[int] 
         raise ValueError(f"timestep index out of range: t must be in 0..{num_timesteps - 1} "
                          "(0-based; index i is paper time t = i + 1).")
     return t
+
+
+def wall_times(fn, repeats: int, warmup: int = 1, device=None) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls
+    (memory allocation, kernel selection). On a CUDA ``device`` the GPU is synchronised
+    before and after each timed call, so queued kernels are counted in the call that
+    launched them."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    cuda = device is not None and torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_time(fn, repeats: int = 3, warmup: int = 1, device=None) -> float:
+    """The median of :func:`wall_times`: a time per call that one slow call (another job
+    on a shared machine) does not move."""
+    return statistics.median(wall_times(fn, repeats, warmup, device))
