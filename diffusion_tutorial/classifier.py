@@ -136,13 +136,6 @@ def confident_share_on(classifier: nn.Module, images: torch.Tensor, threshold: f
     return hits / len(images)
 
 
-def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Dataset of (x, label) pairs as two tensors ((N, 1, 28, 28), (N,))."""
-    xs, ys = zip(*[dataset[i] for i in range(len(dataset))])
-    return torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs]), \
-        torch.as_tensor(ys, dtype=torch.long)
-
-
 @torch.no_grad()
 def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 500) -> float:
@@ -169,13 +162,13 @@ def train_classifier(train_set=None, test_set=None, epochs: int = 8, batch_size:
     ``(classifier, info)`` with ``info`` holding the test accuracy."""
     from .diffusion import GaussianDiffusion
     diffusion = GaussianDiffusion(timesteps=1000)
-    from .data import get_dataset
+    from .data import dataset_tensors, get_dataset
     device = get_device(device)
     generator = set_seed(seed)
     train_set = train_set if train_set is not None else get_dataset("mnist-sample", train=True)
     test_set = test_set if test_set is not None else get_dataset("mnist-sample", train=False)
-    x_train, y_train = _stack(train_set)
-    x_test, y_test = _stack(test_set)
+    x_train, y_train = dataset_tensors(train_set)
+    x_test, y_test = dataset_tensors(test_set)
     model = (init if init is not None else MNISTClassifier()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(x_train) // batch_size)

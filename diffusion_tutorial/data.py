@@ -144,11 +144,26 @@ class ImageDataset(Dataset):
 
     def images(self) -> torch.Tensor:
         """All images at once, float32 (N, C, H, W) in [−1, 1] (fine for small sets)."""
-        return to_model_range(self.data.float() / 255)
+        return dataset_tensors(self)[0]
 
     def __repr__(self) -> str:
         split = {True: "train", False: "test", None: "all"}[self.train]
         return f"ImageDataset({self.info.name!r}, split={split}, n={len(self)}, shape={tuple(self.data.shape[1:])})"
+
+
+def dataset_tensors(dataset) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A whole dataset at once: images float32 (N, C, H, W) and labels int64 (N,).
+
+    ``dataset`` is an :class:`ImageDataset` (converted in one step), any Dataset of
+    ``(x, label)`` pairs (stacked item by item), or a tensor of images, returned as it is
+    with labels ``None``. Meant for small in-memory sets (MNIST-sized or smaller)."""
+    if isinstance(dataset, torch.Tensor):
+        return dataset, None
+    if isinstance(dataset, ImageDataset):
+        return to_model_range(dataset.data.float() / 255), dataset.targets.clone()
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs])  # (N, C, H, W)
+    return images, torch.as_tensor(ys, dtype=torch.long)
 
 
 def get_dataset(name: str, data_dir: PathLike = "data", train: Optional[bool] = True,

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import dataset_tensors
 from .diffusion import GaussianDiffusion
 from .samplers import ddim_sample, ddpm_sample
 from .utils import get_device, median_time
-from .vae import VAE, _images
+from .vae import VAE
 
 
 # ---------------------------------------------------------------------- encoding
@@ -35,7 +36,7 @@ def encode_dataset(vae: VAE, dataset, batch_size: int = 256, device="auto") -> t
     """The posterior means E(x) of every image of ``dataset`` (a tensor (N, C, H, W) or a
     Dataset of (x, label) pairs), unscaled: a CPU tensor (N, lc, H/4, W/4)."""
     device = get_device(device)
-    images = _images(dataset)
+    images, _ = dataset_tensors(dataset)
     vae = vae.to(device).eval()
     out = [vae.encode(images[i:i + batch_size].to(device))[0].cpu()
            for i in range(0, len(images), batch_size)]

@@ -30,6 +30,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .classifier import load_classifier
+from .data import dataset_tensors, get_dataset
+
 CONFIDENCE_THRESHOLD = 0.9
 NUM_CLASSES = 10
 
@@ -100,7 +103,6 @@ def class_entropy(logits, num_classes: int = NUM_CLASSES) -> float:
 def classify(images: torch.Tensor, classifier=None, batch_size: int = 500):
     """Features (N, 128) and logits (N, 10) of images (N, 1, 28, 28) in [−1, 1]
     (clamped there first), computed in batches with the shipped classifier."""
-    from .classifier import load_classifier
     classifier = classifier if classifier is not None else load_classifier("cpu")
     classifier.eval()
     device = next(classifier.parameters()).device
@@ -118,9 +120,7 @@ def classify(images: torch.Tensor, classifier=None, batch_size: int = 500):
 def real_digits(n: Optional[int] = None, train: bool = False, seed: int = 0) -> torch.Tensor:
     """Real digits (N, 1, 28, 28) in [−1, 1] from ``mnist-sample`` (held-out test split by
     default); ``n`` of them drawn without replacement (seeded), or all."""
-    from .classifier import _stack
-    from .data import get_dataset
-    images, _ = _stack(get_dataset("mnist-sample", train=train))
+    images, _ = dataset_tensors(get_dataset("mnist-sample", train=train))
     if n is not None and n < len(images):
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
         images = images[idx]
