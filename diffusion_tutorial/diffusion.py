@@ -64,6 +64,8 @@ class GaussianDiffusion(nn.Module):
         betas: the β schedule (T values in (0, 1)); if None, built from ``schedule``.
         schedule: ``"linear"`` (DDPM: 1e-4 .. 0.02) or ``"cosine"`` (Improved DDPM).
         timesteps: T, the number of diffusion steps.
+        beta_start, beta_end: β_1 and β_T of the linear schedule (see
+            :func:`~diffusion_tutorial.schedules.make_betas`).
         variance: σ_t² of the reverse step: ``"beta"`` (σ_t² = β_t, the upper bound) or
             ``"beta_tilde"`` (σ_t² = β̃_t, the posterior variance, the lower bound);
             DDPM section 3.2.
@@ -79,11 +81,13 @@ class GaussianDiffusion(nn.Module):
         schedule: str = "linear",
         timesteps: int = 1000,
         variance: str = "beta",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
     ) -> None:
         super().__init__()
         if variance not in VARIANCES:
             raise ValueError(f"unknown variance {variance!r}: choose 'beta' or 'beta_tilde'.")
-        betas = make_betas(schedule, timesteps) if betas is None else check_betas(betas)
+        betas = make_betas(schedule, timesteps, beta_start, beta_end) if betas is None else check_betas(betas)
         self.variance = variance
         self.num_timesteps = int(betas.shape[0])
 

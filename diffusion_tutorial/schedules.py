@@ -64,10 +64,13 @@ def cosine_beta_schedule(
     return check_betas(betas.clamp(max=max_beta))
 
 
-def make_betas(schedule: str = "linear", timesteps: int = 1000) -> torch.Tensor:
-    """β schedule by name (``"linear"`` or ``"cosine"``), float64, shape (T,)."""
+def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: float = 1e-4,
+               beta_end: float = 0.02) -> torch.Tensor:
+    """β schedule by name, float64, shape (T,): ``"linear"`` from ``beta_start`` to
+    ``beta_end`` (:func:`linear_beta_schedule`) or ``"cosine"`` (:func:`cosine_beta_schedule`,
+    which has no β_1 or β_T to set and ignores them)."""
     if schedule == "linear":
-        return linear_beta_schedule(timesteps)
+        return linear_beta_schedule(timesteps, beta_start, beta_end)
     if schedule == "cosine":
         return cosine_beta_schedule(timesteps)
     raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}.")
