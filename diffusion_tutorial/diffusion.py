@@ -111,14 +111,13 @@ class GaussianDiffusion(nn.Module):
         buffer("sqrt_recipm1_alphas_cumprod", (1 / alphas_cumprod - 1).sqrt())
         buffer("snr", alphas_cumprod / (1 - alphas_cumprod))
         buffer("posterior_variance", posterior_variance)
-        # log β̃_t is -inf at t = 1; use β̃_2 there (DDPM's reference code does the same).
-        buffer("posterior_log_variance_clipped",
-               torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])))
         # μ̃_t = coef1 · x_0 + coef2 · x_t   (DDPM eq. 7)
         buffer("posterior_mean_coef1", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod))
         buffer("posterior_mean_coef2", (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod))
-        # σ_t² of p_θ(x_{t−1} | x_t)
-        buffer("model_variance", betas if variance == "beta" else posterior_variance)
+        # σ_t² of p_θ(x_{t−1} | x_t), and its log (β̃_1 = 0: clamped so the log stays finite)
+        model_variance = betas if variance == "beta" else posterior_variance
+        buffer("model_variance", model_variance)
+        buffer("model_log_variance", model_variance.clamp(min=1e-20).log())
         # ᾱ_t as Python floats (float64): a sampler that steps the whole batch from one t
         # uses plain-number coefficients, with no tensor indexing per step.
         self._alphas_cumprod64 = alphas_cumprod.tolist()
@@ -236,9 +235,7 @@ class GaussianDiffusion(nn.Module):
         else:
             mean = self.mean_from_eps(x_t, t, eps)
         variance = extract(self.model_variance, t, x_t.shape)
-        log_variance = torch.log(extract(
-            self.betas if self.variance == "beta" else self.posterior_variance.clamp(min=1e-20),
-            t, x_t.shape))
+        log_variance = extract(self.model_log_variance, t, x_t.shape)
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "pred_x0": pred_x0, "eps": eps}
 
