@@ -26,7 +26,6 @@ import copy
 import time
 
 import torch
-import torch.nn.functional as F
 
 from _common import add_note_option, machine, print_table, timed, write_result
 from diffusion_tutorial import GaussianDiffusion, ddim_sample, ddpm_sample
