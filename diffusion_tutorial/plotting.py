@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import animation  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .data import from_model_range  # noqa: E402
 
@@ -101,8 +102,6 @@ def show_images(x, nrow: int = 8, title: Optional[str] = None, ax=None, path=Non
 
 def save_grid(x, path, nrow: int = 8) -> Path:
     """Write the grid of :func:`image_grid` as a PNG at ``path`` (pixel for pixel)."""
-    from PIL import Image
-
     grid = np.rint(image_grid(x, nrow) * 255).astype(np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
