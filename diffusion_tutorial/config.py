@@ -228,7 +228,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Unit tests and CI: 8x8 digits, a ~30k-parameter UNet, a few dozen steps.
+    # Unit tests and CI: 8x8 digits, a ~42k-parameter UNet, a few dozen steps.
     "tiny": dict(dataset="mnist-sample", image_size=8, base_channels=8, channel_mults=(1, 2),
                  num_res_blocks=1, attention_resolutions=(), timesteps=100, batch_size=16,
                  lr=1e-3, warmup_steps=5, steps=30, ema_decay=0.9, log_every=5,
