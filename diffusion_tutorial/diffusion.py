@@ -199,7 +199,7 @@ class GaussianDiffusion(nn.Module):
 
     def score_from_eps(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """s_θ(x_t, t) = −ε_θ(x_t, t) / √(1 − ᾱ_t), the score ∇ log q(x_t) the network
-        implies (Song et al. 2021). Chapter: Beyond (the score view)."""
+        implies (Song et al. 2021). Chapter: The score view."""
         t = self._timesteps(t, x_t.shape[0], x_t.device)
         return -eps / extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
 

@@ -20,7 +20,7 @@
 Everything here runs without downloads. For CIFAR-10 with the standard Inception
 features, the optional packages ``torch-fidelity`` or ``clean-fid`` compute the usual FID
 (they download the Inception weights on first use); the book does not require them.
-Chapter: Sampling (measuring sample quality).
+Chapter: Sampling.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 ``MLPDenoiser`` is ε_θ(x_t, t[, y]) for points instead of images: the same job as the
 UNet, with fully connected layers. The book uses it on two moons and Gaussian mixtures,
 where the exact denoiser E[ε | x_t] is known and the network can be compared with it.
+Chapter: The score view.
 
 Architecture (hidden width H)::
 

@@ -3,7 +3,7 @@
 Time indexing (used by the whole package). The paper's time runs t = 1..T. Tensors are
 indexed 0..T-1, and **index i holds the value for paper time t = i + 1**: ``betas[0]`` is
 β_1 and ``alphas_cumprod[T-1]`` is ᾱ_T. Functions that take a timestep tensor ``t``
-take this 0-based index. Introduced in the book's chapter "The forward process".
+take this 0-based index. Chapter: The forward process.
 
 Schedules are computed in float64 (products of 1,000 numbers close to 1 lose precision in
 float32) and converted to float32 where they are stored as buffers.

@@ -4,8 +4,7 @@ Low-dimensional data let the early chapters *see* the whole distribution: a scat
 shows every mode, and for a Gaussian mixture the ideal denoiser is known in closed form,
 so a trained network can be compared with the truth.
 
-The key fact (chapters: The forward process; Beyond: the score view): if
-x_0 ~ Σ_k w_k N(μ_k, σ² I) and x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4), then
+The key fact: if x_0 ~ Σ_k w_k N(μ_k, σ² I) and x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4), then
 
     q_t(x_t) = Σ_k w_k N(x_t; √ᾱ_t μ_k, v_t I),   v_t = ᾱ_t σ² + (1 − ᾱ_t),
 
@@ -17,6 +16,8 @@ again a mixture, with the same weights. Its score and the posterior mean of the 
 where r_k(x_t) ∝ w_k N(x_t; √ᾱ_t μ_k, v_t I) are the responsibilities, computed stably
 with a log-sum-exp. E[ε | x_t] is the minimiser of L_simple, so it is what a perfect
 ε_θ would output. Time ``t`` is a 0-based index (index i is paper time t = i + 1).
+Chapter: The forward process.
+Chapter: The score view.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 The architecture follows the DDPM UNet (Ho et al. 2020, appendix B), itself a
 PixelCNN++-style UNet with group normalisation and Transformer sinusoidal time embeddings.
 It knows nothing of the diffusion equations: it maps a noisy image and a timestep index
-to a tensor of the same shape (the predicted noise ε). The chapter "The loss and
-training" walks through it block by block.
+to a tensor of the same shape (the predicted noise ε). The book walks through it block
+by block. Chapter: The network.
 
 Shapes, for the default MNIST setting (base_channels C = 32, channel_mults (1, 2, 4),
 one residual block per level, attention at 7x7)::
