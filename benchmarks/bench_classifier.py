@@ -54,7 +54,8 @@ def floors(images: torch.Tensor, sizes, seed: int = 0) -> list[dict]:
         for r in range(3):
             idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed + r))
             values.append(fid_from_features(feats[idx[:n]], feats[idx[n:2 * n]]))
-        rows.append({"n": n, "fid_floor_mean": float(np.mean(values)), "fid_floor_std": float(np.std(values))})
+        rows.append({"n": n, "fid_floor_mean": float(np.mean(values)),
+                     "fid_floor_std": float(np.std(values))})
     return rows
 
 

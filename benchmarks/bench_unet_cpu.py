@@ -67,7 +67,8 @@ def main() -> None:
     diffusion = GaussianDiffusion(timesteps=1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"median of {args.steps} steps (forward + backward + Adam)")
-    print(f"{'config':<21}{'params':>10}{'GFLOP/step':>12}" + "".join(f"{n + ' steps/s':>22}" for n in FORMATS))
+    print(f"{'config':<21}{'params':>10}{'GFLOP/step':>12}"
+          + "".join(f"{n + ' steps/s':>22}" for n in FORMATS))
     for name, kwargs in CONFIGS.items():
         runs = {n: make_step(kwargs, fmt, diffusion, args.batch) for n, fmt in FORMATS.items()}
         times = {n: [] for n in FORMATS}

@@ -86,7 +86,8 @@ def correctness(float64_cumprod: bool) -> list[dict]:
         t_prev = t - T // 50 if t >= T // 50 else -1
         upd("DDIM step eta=0 (50 steps)", ours_small.ddim_step(x_t, t, t_prev, eps_model),
             ddim.step(eps_model, t, x_t, eta=0.0).prev_sample)
-        a = ours_small.ddim_step(x_t, t, t_prev, eps_model, eta=1.0, generator=torch.Generator().manual_seed(t))
+        a = ours_small.ddim_step(x_t, t, t_prev, eps_model, eta=1.0,
+                                 generator=torch.Generator().manual_seed(t))
         b = ddim.step(eps_model, t, x_t, eta=1.0, generator=torch.Generator().manual_seed(t)).prev_sample
         upd("DDIM step eta=1 (50 steps)", a, b)
     label = "float64 (as ours)" if float64_cumprod else "float32 (diffusers default)"
@@ -296,7 +297,8 @@ def main() -> None:
     size = "cifar10" if cuda else "mnist"
     batch = args.batch or (128 if cuda else 64)
     row_c = training_throughput(size, args.device, batch, args.steps, args.rounds,
-                                compile_=cuda and not args.no_compile, peak_tflops=args.peak_tflops if cuda else 0)
+                                compile_=cuda and not args.no_compile,
+                                peak_tflops=args.peak_tflops if cuda else 0)
     print(f"\n(c) training throughput, {size}-size UNets ({row_c['params_ours']:,} vs "
           f"{row_c['params_diffusers']:,} parameters), batch {batch}, {row_c['precision']}, "
           "alternated in one process")

@@ -180,7 +180,8 @@ class TrainConfig:
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         if self.sample_steps > self.timesteps:
-            raise ConfigError(f"sample_steps ({self.sample_steps}) cannot exceed timesteps ({self.timesteps}).")
+            raise ConfigError(f"sample_steps ({self.sample_steps}) cannot exceed timesteps "
+                              f"({self.timesteps}).")
         if check_model:
             self.count_parameters()
         return self
@@ -251,7 +252,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # DDPM CIFAR-10 (Ho et al. 2020, appendix B): 35.7M parameters, 800k steps there.
     "cifar10": dict(dataset="cifar10", base_channels=128, channel_mults=(1, 2, 2, 2),
                     num_res_blocks=2, attention_resolutions=(16,), dropout=0.1, groups=32,
-                    num_heads=1, timesteps=1000, batch_size=128, lr=2e-4, warmup_steps=5000, steps=800_000, grad_clip=1.0,
+                    num_heads=1, timesteps=1000, batch_size=128, lr=2e-4, warmup_steps=5000,
+                    steps=800_000, grad_clip=1.0,
                     ema_decay=0.9999, log_every=100, sample_every=10000,
                     checkpoint_every=10000, n_samples=64, sample_steps=100, num_workers=4,
                     run_dir="runs/cifar10"),

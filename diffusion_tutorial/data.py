@@ -149,7 +149,8 @@ class ImageDataset(Dataset):
 
     def __repr__(self) -> str:
         split = {True: "train", False: "test", None: "all"}[self.train]
-        return f"ImageDataset({self.info.name!r}, split={split}, n={len(self)}, shape={tuple(self.data.shape[1:])})"
+        return (f"ImageDataset({self.info.name!r}, split={split}, n={len(self)}, "
+                f"shape={tuple(self.data.shape[1:])})")
 
 
 def dataset_tensors(dataset) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -186,7 +187,8 @@ def get_dataset(name: str, data_dir: PathLike = "data", train: Optional[bool] = 
     if key == "mnist-sample":
         return _mnist_sample(info, train)
     if train is None:
-        raise ValueError(f"train=None (all digits) only applies to 'mnist-sample'; use train=True or False for {key!r}.")
+        raise ValueError(f"train=None (all digits) only applies to 'mnist-sample'; use train=True "
+                         f"or False for {key!r}.")
     root = Path(data_dir).expanduser()
     read = read_cifar10 if key == "cifar10" else read_mnist_like
     images, labels = read(root, info, train, download)  # uint8 (N, C, H, W), (N,)
@@ -262,4 +264,5 @@ def infinite_batches(loader) -> Iterator:
             empty = False
             yield batch
         if empty:
-            raise ValueError("the loader yields no batches (dataset smaller than batch_size with drop_last?).")
+            raise ValueError("the loader yields no batches (dataset smaller than batch_size with "
+                             "drop_last?).")

@@ -59,8 +59,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     M = Σ1^{1/2} Σ2 Σ1^{1/2}, so Tr((Σ1 Σ2)^{1/2}) = Tr(M^{1/2}) = Σ_i √λ_i(M): two
     symmetric eigen-decompositions in float64, no complex round-off, and singular
     covariances (fewer samples than feature dimensions) need no special care."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"shapes do not match: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}.")

@@ -23,7 +23,8 @@ def _choose_backend() -> None:
     backend was already chosen (MPLBACKEND, pyplot imported, a notebook kernel)."""
     if os.environ.get("MPLBACKEND") or "matplotlib.pyplot" in sys.modules or "ipykernel" in sys.modules:
         return
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if sys.platform.startswith("linux") and headless:
         matplotlib.use("Agg")
 
 
@@ -213,7 +214,8 @@ def plot_schedules(diffusions: dict, path=None):
 
 
 # ---------------------------------------------------------------------- 2-D data
-def plot_points(x, ax=None, title: Optional[str] = None, path=None, lim: Optional[float] = None, **scatter_kwargs):
+def plot_points(x, ax=None, title: Optional[str] = None, path=None, lim: Optional[float] = None,
+                **scatter_kwargs):
     """Scatter plot of 2-D points (N, 2) with equal axes."""
     x = _numpy(x)
     if x.ndim != 2 or x.shape[1] != 2:

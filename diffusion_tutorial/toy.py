@@ -77,7 +77,7 @@ class GaussianMixture:
             raise ValueError(f"std must be positive, got {std}.")
         self.std = float(std)
         K = len(self.means)
-        w = torch.ones(K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = torch.as_tensor(torch.ones(K) if weights is None else weights, dtype=torch.float64)
         if w.shape != (K,) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights must be {K} non-negative numbers with a positive sum.")
         self.weights = w / w.sum()  # (K,)
@@ -166,7 +166,8 @@ class ModeCoverage(NamedTuple):
     high_quality: float  # share of samples within ``radius`` of some mode
 
 
-def mode_counts(samples: torch.Tensor, mixture: GaussianMixture, radius: Optional[float] = None) -> torch.Tensor:
+def mode_counts(samples: torch.Tensor, mixture: GaussianMixture,
+                radius: Optional[float] = None) -> torch.Tensor:
     """How many samples lie within ``radius`` (default 3σ) of each mode, each sample
     counted for its nearest mode only. Shape (K,)."""
     radius = 3 * mixture.std if radius is None else radius
