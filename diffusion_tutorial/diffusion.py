@@ -64,11 +64,11 @@ class GaussianDiffusion(nn.Module):
         betas: the β schedule (T values in (0, 1)); if None, built from ``schedule``.
         schedule: ``"linear"`` (DDPM: 1e-4 .. 0.02) or ``"cosine"`` (Improved DDPM).
         timesteps: T, the number of diffusion steps.
-        beta_start, beta_end: β_1 and β_T of the linear schedule (see
-            :func:`~diffusion_tutorial.schedules.make_betas`).
         variance: σ_t² of the reverse step: ``"beta"`` (σ_t² = β_t, the upper bound) or
             ``"beta_tilde"`` (σ_t² = β̃_t, the posterior variance, the lower bound);
             DDPM section 3.2.
+        beta_start, beta_end: β_1 and β_T of the linear schedule (see
+            :func:`~diffusion_tutorial.schedules.make_betas`).
 
     All schedule tensors are computed in float64 and stored as float32 buffers, so they
     move with ``.to(device)`` and are saved in ``state_dict``.
