@@ -17,18 +17,17 @@ times a training step and sampling in both spaces. Chapter: Latent diffusion.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import dataset_tensors
 from .diffusion import GaussianDiffusion
 from .samplers import ddim_sample, ddpm_sample
-from .utils import get_device
-from .vae import VAE, _images
+from .utils import get_device, median_time
+from .vae import VAE
 
 
 # ---------------------------------------------------------------------- encoding
@@ -37,7 +36,7 @@ def encode_dataset(vae: VAE, dataset, batch_size: int = 256, device="auto") -> t
     """The posterior means E(x) of every image of ``dataset`` (a tensor (N, C, H, W) or a
     Dataset of (x, label) pairs), unscaled: a CPU tensor (N, lc, H/4, W/4)."""
     device = get_device(device)
-    images = _images(dataset)
+    images, _ = dataset_tensors(dataset)
     vae = vae.to(device).eval()
     out = [vae.encode(images[i:i + batch_size].to(device))[0].cpu()
            for i in range(0, len(images), batch_size)]
@@ -152,16 +151,6 @@ def train_eps_model(model: nn.Module, diffusion: GaussianDiffusion, data: torch.
 
 
 # ---------------------------------------------------------------------- speed
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, kernel selection)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_speedup(pixel_model: nn.Module, latent: LatentDiffusion, diffusion: GaussianDiffusion,
                     image_shape=(1, 28, 28), batch_size: int = 32, repeats: int = 3,
                     n_samples: int = 16, sample_steps: int = 10, device="auto",
@@ -188,31 +177,28 @@ def measure_speedup(pixel_model: nn.Module, latent: LatentDiffusion, diffusion: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
         return step
 
     def sample_fn(fn):
         def run():
             with torch.no_grad():
                 fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
         return run
 
     pixel_model.train()
     latent.eps_model.train()
-    t_pixel = _median_time(train_step(pixel_model, pixel_model.parameters(), lambda: x), repeats)
-    t_latent = _median_time(train_step(latent.eps_model, latent.eps_model.parameters(),
-                                       (lambda: latent.encode(x)) if include_encoder else (lambda: z)),
-                            repeats)
+    t_pixel = median_time(train_step(pixel_model, pixel_model.parameters(), lambda: x), repeats,
+                          device=device)
+    t_latent = median_time(train_step(latent.eps_model, latent.eps_model.parameters(),
+                                      (lambda: latent.encode(x)) if include_encoder else (lambda: z)),
+                           repeats, device=device)
     pixel_model.eval()
     latent.eps_model.eval()
-    s_pixel = _median_time(sample_fn(lambda: ddim_sample(
+    s_pixel = median_time(sample_fn(lambda: ddim_sample(
         diffusion, pixel_model, (n_samples, *image_shape), steps=sample_steps, device=device,
-        progress=False)), max(1, repeats - 1))
-    s_latent = _median_time(sample_fn(lambda: latent.sample(n_samples, steps=sample_steps)),
-                            max(1, repeats - 1))
+        progress=False)), max(1, repeats - 1), device=device)
+    s_latent = median_time(sample_fn(lambda: latent.sample(n_samples, steps=sample_steps)),
+                           max(1, repeats - 1), device=device)
 
     def count(m):
         return sum(p.numel() for p in m.parameters())
