@@ -1,10 +1,10 @@
 """Training configuration: one dataclass, four presets, validation and JSON round trip.
 
 ``get_config("quick")`` is the default of ``python -m diffusion_tutorial train``: a small
-UNet on the offline ``mnist-sample`` digits that gives recognizable digits in about twelve
-minutes on a 2-core x86 CPU (measured: 2,500 steps in 12 min 5 s, 3.6 steps/s). ``"tiny"`` is for tests, ``"full"`` trains on MNIST with a
-GPU, and ``"cifar10"`` is the 35.7M-parameter model of the DDPM paper (Ho et al. 2020,
-appendix B). Any field can be overridden: ``get_config("quick", steps=500)``.
+UNet on the offline ``mnist-sample`` digits that gives recognizable digits on a laptop CPU
+(its measured time and quality are on the Benchmarks page). ``"tiny"`` is for tests,
+``"full"`` trains on MNIST with a GPU, and ``"cifar10"`` is the 35.7M-parameter model of the
+DDPM paper (Ho et al. 2020, appendix B). Any field can be overridden: ``get_config("quick", steps=500)``.
 """
 from __future__ import annotations
 
