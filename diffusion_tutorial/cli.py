@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from .checkpoint import has_checkpoint, read_run_config
 from .config import TrainConfig, get_config
 from .runs import load_run, sample_images, save_samples
 from .train import train
@@ -91,9 +92,9 @@ def cmd_train(args) -> int:
                  if f.name not in SKIP}
     overrides["run_dir"] = args.out or f"runs/{args.preset or 'quick'}"
     saved = Path(overrides["run_dir"]) / "config.json"
-    if args.resume and args.preset is None and saved.is_file():
+    if args.resume and args.preset is None and (saved.is_file() or has_checkpoint(saved.parent)):
         # Resume with the run's own settings; flags given now override them (e.g. --steps).
-        config = TrainConfig.from_json(saved.read_text())
+        config = read_run_config(overrides["run_dir"])
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         config.validate()
     else:
