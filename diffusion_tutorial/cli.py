@@ -2,7 +2,7 @@
 
     python -m diffusion_tutorial train                      # quick preset, mnist-sample, CPU
     python -m diffusion_tutorial train --preset full --out runs/mnist
-    python -m diffusion_tutorial train --out runs/mnist --resume
+    python -m diffusion_tutorial train --out runs/mnist --resume    # or --overwrite to start again
     python -m diffusion_tutorial sample --checkpoint runs/quick --sampler ddim --steps 50 --out grid.png
     torchrun --nproc_per_node=2 -m diffusion_tutorial train --preset full
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import warnings
@@ -23,6 +24,7 @@ from typing import Optional
 
 from .checkpoint import has_checkpoint, read_run_config
 from .config import TrainConfig, get_config
+from .outputs import CLI_WORDS, check_output_file, check_run_dir
 from .runs import load_run, sample_images, save_samples
 from .train import train
 
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tiny | quick | full | cifar10 (default quick; with --resume, the run's own)")
     tr.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace the run already in --out (its checkpoint, loss log, config and "
+                         "grids are deleted once the new run has its data and model)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--summary", action="store_true", help="print the config and exit")
     _add_config_flags(tr)
@@ -102,11 +107,12 @@ def cmd_train(args) -> int:
     if args.summary:
         config.summary()
         return 0
+    check_run_dir(config.run_dir, resume=args.resume, overwrite=args.overwrite, words=CLI_WORDS)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0 and not args.no_progress:
         print(f"training preset {config.preset!r} on {config.dataset} "
               f"({config.count_parameters():,} UNet parameters) -> {config.run_dir}", flush=True)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if rank == 0:
         print(f"done: {result.step} steps ({result.steps_per_sec:.2f} steps/s); wrote "
               f"{Path(config.run_dir) / 'checkpoint'}, samples.png, loss.png, loss_log.jsonl")
@@ -118,8 +124,13 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--n must be a positive number of images, got {args.n}.")
     if args.steps is not None and args.steps <= 0:
         raise ValueError(f"--steps must be positive, got {args.steps}.")
-    if args.eta < 0:
-        raise ValueError(f"--eta must be >= 0, got {args.eta}.")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise ValueError(f"--eta must be a finite number >= 0 (0: deterministic DDIM, 1: DDPM-like "
+                         f"noise), got {args.eta}.")
+    if not math.isfinite(args.guidance_scale):
+        raise ValueError(f"--guidance-scale must be a finite number (1: no guidance), got "
+                         f"{args.guidance_scale}.")
+    check_output_file(args.out)
     config, ema_model, diffusion = load_run(args.checkpoint, args.device)
     x = sample_images(ema_model, diffusion, config, args.n, sampler=args.sampler,
                       steps=args.steps, eta=args.eta, seed=args.seed, class_label=args.class_label,
