@@ -29,6 +29,10 @@ from .runs import load_run, sample_images, save_samples
 from .train import train
 
 SKIP = {"run_dir", "preset"}
+# What a bare Ctrl-C means (one during the training steps says more: see train.interrupt).
+INTERRUPTED = {"train": "interrupted; the run folder keeps its last checkpoint, if it has one: "
+                        "resume with --resume",
+               "sample": "interrupted; no samples were written"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,8 +45,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _tuple(text: str) -> tuple:
-    text = text.strip().strip("()[]")
-    return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    try:
+        return tuple(int(v) for v in text.strip().strip("()[]").replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, such as "
+                                         f"1,2,2; got {text!r}") from None
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("got an empty path (an unset shell variable?); give a "
+                                         "file or folder name")
+    return text
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a diffusion model (default: quick preset on mnist-sample)")
     tr.add_argument("--preset", default=None,
                     help="tiny | quick | full | cifar10 (default quick; with --resume, the run's own)")
-    tr.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
+    tr.add_argument("--out", type=_path, default=None, help="run folder (default runs/<preset>)")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace the run already in --out (its checkpoint, loss log, config and "
@@ -77,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(tr)
 
     sa = sub.add_parser("sample", help="draw samples from a trained run")
-    sa.add_argument("--checkpoint", required=True, help="run folder (or its checkpoint folder)")
+    sa.add_argument("--checkpoint", type=_path, required=True,
+                    help="run folder (or its checkpoint folder)")
     sa.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim"])
     sa.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM runs all T")
     sa.add_argument("--n", type=int, default=64, help="number of images")
-    sa.add_argument("--out", default="samples.png", help="PNG file to write")
+    sa.add_argument("--out", type=_path, default="samples.png", help="PNG file to write")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--class-label", type=int, default=None)
@@ -155,7 +170,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         return {"train": cmd_train, "sample": cmd_sample}[args.command](args)
     except KeyboardInterrupt as err:
-        msg = str(err) or "interrupted: resume with --resume"
+        msg = str(err) or INTERRUPTED[args.command]
         print(f"stopped: {msg}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the CLI promises one line, no traceback

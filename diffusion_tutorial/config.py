@@ -184,10 +184,16 @@ class TrainConfig:
                                       f"beta_end={self.beta_end}.")
                 raise ConfigError(f"{name} must be a finite number in {interval}, got {value}"
                                   f"{FLOAT_HINTS.get(name, '')}.")
+        if not -2**63 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [-2**63, 2**63), got {self.seed}.")
+        for name in ("data_dir", "run_dir"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name} is empty (an unset shell variable?): give a folder name.")
         try:
             torch.device("cpu" if self.device == "auto" else self.device)
         except (RuntimeError, ValueError):
-            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N "
+                              "or mps.") from None
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}{closest(self.schedule, SCHEDULES)}; "
                               f"choose one of: {', '.join(SCHEDULES)}.")

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .outputs import check_folder
+
 DOWNLOAD_TIMEOUT_S = 30.0
 _CIFAR_DIR = "cifar-10-batches-py"
 
@@ -195,6 +197,7 @@ def download_into(name: str, root: Path, fetch, timeout: float = DOWNLOAD_TIMEOU
     ``fetch`` moves finished files into place. Whatever happens, the temporary folder (and
     ``root`` itself, if this call created it and it stayed empty) is removed, so a failed
     download leaves no partial file behind."""
+    check_folder(root, f"the downloaded {name} files", "point --data-dir (data_dir=) at another folder")
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))

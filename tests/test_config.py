@@ -38,6 +38,9 @@ def test_overrides_and_unknown_names():
     ("schedule", "cosin", "did you mean 'cosine'"),
     ("sample_steps", 2000, "cannot exceed timesteps"),
     ("image_size", 30, "cannot be halved"),
+    ("seed", 2**64, r"seed must be an integer in \[-2\*\*63, 2\*\*63\)"),
+    ("data_dir", " ", "data_dir is empty"),
+    ("run_dir", "", "run_dir is empty"),
 ])
 def test_bad_values_give_clear_errors(field, value, words):
     with pytest.raises(ConfigError, match=words):

@@ -155,6 +155,17 @@ def test_idx_labels_are_checked_too_and_the_good_file_still_reads(tmp_path):
         get_dataset("mnist", tmp_path, download=False)
 
 
+def test_a_data_dir_that_cannot_hold_a_download_is_named_before_downloading(tmp_path, monkeypatch):
+    from diffusion_tutorial.outputs import OutputPathError
+    monkeypatch.setattr(urllib.request, "urlopen", None)        # a download attempt would fail
+    afile = tmp_path / "data.txt"
+    afile.write_text("mine")
+    with pytest.raises(OutputPathError, match="cannot write the downloaded mnist files in .*data.txt: "
+                                              ".*is a file, not a folder; point --data-dir"):
+        get_dataset("mnist", afile, download=True)
+    assert afile.read_text() == "mine"
+
+
 def test_corrupt_gzip_gives_clear_error(tmp_path):
     write_mnist(tmp_path, compress=True)
     gz = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"

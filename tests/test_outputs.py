@@ -2,7 +2,6 @@
 import hashlib
 import importlib
 import os
-import subprocess
 
 import pytest
 
@@ -19,34 +18,6 @@ def snapshot(folder):
     return {os.path.relpath(os.path.join(d, f), folder):
             hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
             for d, _, files in os.walk(folder) for f in files}
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder this process truly cannot create files in. chmod does not stop root, so root
-    gets an immutable folder (chattr +i); if neither works here the test is skipped."""
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    if getattr(os, "geteuid", lambda: 1)() != 0:
-        os.chmod(folder, 0o555)
-        undo = ["chmod", "755", str(folder)]
-    else:
-        try:
-            made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-        except OSError:
-            made = False
-        if not made:
-            pytest.skip("root, and chattr +i is not available: no read-only folder can be made")
-        undo = ["chattr", "-i", str(folder)]
-    try:
-        try:
-            (folder / "probe").write_bytes(b"")
-        except OSError:
-            yield folder
-        else:
-            pytest.skip("this file system lets the folder be written")
-    finally:
-        subprocess.run(undo, capture_output=True)
 
 
 @pytest.mark.parametrize("trust_access", [True, False])
