@@ -40,8 +40,9 @@ def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str
             y = torch.full((n,), class_label, dtype=torch.long, device=device)
         else:
             y = torch.arange(n, device=device) % config.num_classes
-    elif class_label is not None:
-        raise ValueError("this model is unconditional: drop --class-label, or train with "
+    elif class_label is not None or guidance_scale != 1:
+        flag = "--class-label" if class_label is not None else "--guidance-scale"
+        raise ValueError(f"this model is unconditional: drop {flag}, or train with "
                          "--class-conditional.")
     was_training = model.training
     model.eval()

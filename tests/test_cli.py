@@ -105,6 +105,8 @@ def _faults(trained_run, tmp_path):
         ("eta nan", sample + ["--eta", "nan", "--out", str(tmp_path / "g.png")], "--eta must be a finite"),
         ("guidance inf", sample + ["--guidance-scale", "inf", "--out", str(tmp_path / "g.png")],
          "--guidance-scale must be a finite number"),
+        ("guidance unconditional", sample + ["--guidance-scale", "3", "--out", str(tmp_path / "g.png")],
+         "this model is unconditional: drop --guidance-scale"),
         ("diverged checkpoint", ["sample", "--checkpoint", str(diverged), "--out", str(tmp_path / "g.png")],
          f"ema.safetensors holds non-finite weights ({first}: 1 of"),
         ("both configs broken", ["train", "--out", str(both_broken), "--resume", "--no-progress"],
