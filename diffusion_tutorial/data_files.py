@@ -178,11 +178,36 @@ def read_cifar10(root: Path, info, train: bool, download: bool):
     return images, torch.from_numpy(np.concatenate(labels))
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names a callable outside :data:`_ArraysOnly.ALLOWED`."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (dicts, lists, bytes, numbers and numpy arrays)
+    and refuses any other callable, so a planted file cannot run code when it is read."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    # numpy 1 wrote numpy.core.*, numpy 2 numpy._core.*: take them from numpy itself
+    RENAMED = {"_reconstruct": lambda: np.zeros(0).__reduce__()[0],      # pickle protocols 0-4
+               "_frombuffer": lambda: np.zeros(0).__reduce_ex__(5)[0]}   # protocol 5
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if name in self.RENAMED and module in ("numpy.core.multiarray", "numpy._core.multiarray",
+                                               "numpy.core.numeric", "numpy._core.numeric"):
+            return self.RENAMED[name]()
+        raise _Refused(f"{module}.{name}")
+
+
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch: a pickled dict with ``data`` uint8 (N, 3072), rows of
     R, G, B planes of 32x32, and ``labels`` (N,)."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = _ArraysOnly(f, encoding="latin1").load()
+    except _Refused as err:
+        raise CorruptDataError(f"refusing to read {path}: it is not a CIFAR-10 batch (its pickle "
+                               f"names {err}, which could run code); {REMEDY}.") from None
     entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
     data = np.asarray(entry["data"], dtype=np.uint8)
     labels = np.asarray(entry["labels"], dtype=np.int64)

@@ -208,6 +208,37 @@ def test_corrupt_cifar_batch(tmp_path):
     assert "test_batch" in str(err.value)
 
 
+class Evil:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_in_every_pickle_protocol_load_and_a_planted_one_is_refused(tmp_path, protocol):
+    """A batch is a pickle: it is read with an unpickler that allows numpy arrays and plain
+    containers only, so one that names another callable is refused and never run."""
+    batches = write_cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data, labels = batches["test_batch"]
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f, protocol=protocol)
+    ds = get_dataset("cifar10", tmp_path, train=False, download=False)
+    assert ds.targets.tolist() == labels and torch.equal(ds.data.reshape(len(data), -1),
+                                                        torch.from_numpy(data))
+    marker = tmp_path / "pwned"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": Evil(marker)}, f, protocol=protocol)
+    with pytest.raises(CorruptDataError, match=r"refusing to read .*test_batch: it is not a CIFAR-10 "
+                                               r"batch \(its pickle names (posix|os|nt)\.system"):
+        get_dataset("cifar10", tmp_path, train=False, download=False)
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------- names and downloads
 @pytest.mark.parametrize("typo,suggestion", [("fashon-mnist", "fashion-mnist"), ("cifar", "cifar10"),
                                              ("mnist_sampel", "mnist-sample")])
