@@ -111,6 +111,9 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name not in SKIP}
     overrides["run_dir"] = args.out or f"runs/{args.preset or 'quick'}"
+    if not args.summary:                       # before any work: a taken, file or read-only --out
+        check_run_dir(overrides["run_dir"], resume=args.resume, overwrite=args.overwrite,
+                      words=CLI_WORDS)
     saved = Path(overrides["run_dir"]) / "config.json"
     if args.resume and args.preset is None and (saved.is_file() or has_checkpoint(saved.parent)):
         # Resume with the run's own settings; flags given now override them (e.g. --steps).
@@ -122,7 +125,6 @@ def cmd_train(args) -> int:
     if args.summary:
         config.summary()
         return 0
-    check_run_dir(config.run_dir, resume=args.resume, overwrite=args.overwrite, words=CLI_WORDS)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0 and not args.no_progress:
         print(f"training preset {config.preset!r} on {config.dataset} "

@@ -26,16 +26,18 @@ from .unet import UNet
 
 PRECISIONS = ("auto", "bf16", "no")
 LR_SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says what to change."""
+
+
 # The interval each float field must lie in ("inf" only as an open end: values must be finite).
 FLOAT_RANGES = {"lr": "(0, inf)", "weight_decay": "[0, inf)", "grad_clip": "[0, inf)",
                 "dropout": "[0, 1)", "p_uncond": "[0, 1]", "ema_decay": "[0, 1)",
                 "beta_start": "(0, 1)", "beta_end": "(0, 1)"}
 FLOAT_HINTS = {"lr": " (DDPM uses 2e-4)", "grad_clip": " (0 turns clipping off)",
                "ema_decay": " (e.g. 0.995, or 0.9999 for long runs)"}
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message says what to change."""
 
 
 def _inside(value: float, interval: str) -> bool:

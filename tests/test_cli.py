@@ -88,6 +88,8 @@ def _faults(trained_run, tmp_path):
          "it with --overwrite"),
         ("resume and overwrite", TINY + ["--out", str(run), "--resume", "--overwrite"], "not both"),
         ("out is a file", TINY + ["--out", str(afile)], "notes.txt is a file, not a run folder"),
+        ("resume a file", ["train", "--out", str(afile), "--resume", "--no-progress"],
+         "notes.txt is a file, not a run folder"),
         ("out under a file", TINY + ["--out", str(afile / "run")], "notes.txt is a file, not a folder"),
         ("lr nan", TINY + ["--lr", "nan", "--out", str(tmp_path / "r4")],
          "lr must be a finite number in (0, inf), got nan"),
