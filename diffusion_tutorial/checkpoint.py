@@ -235,6 +235,8 @@ def read_run_config(run_dir) -> TrainConfig:
     path = Path(run_dir) / RUN_CONFIG
     try:
         return _read_config(path)
+    except FileNotFoundError:
+        problem = f"{path} is missing"
     except (ValueError, TypeError, OSError) as err:
         problem = f"{path} cannot be read ({_short(err)})"
     try:

@@ -208,6 +208,12 @@ def test_a_damaged_run_config_falls_back_to_the_checkpoints_copy(tmp_path, capsy
         C.read_run_config(tmp_path)
 
 
+def test_a_missing_run_config_is_taken_from_the_checkpoint(tmp_path, capsys):
+    _, _, _, config = _save(tmp_path)
+    assert C.read_run_config(tmp_path) == config
+    assert capsys.readouterr().err.startswith(f"note: {tmp_path / 'config.json'} is missing; using")
+
+
 def test_a_damaged_run_config_without_a_checkpoint_says_what_to_do(tmp_path):
     (tmp_path / "config.json").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"config.json cannot be read \(the file is empty\) "

@@ -196,16 +196,20 @@ def test_load_run_refuses_non_finite_weights(trained_run, tmp_path):
 
 
 def test_resume_with_a_damaged_config_json_uses_the_checkpoints_copy(trained_run, tmp_path, capsys):
-    """The run's config.json is empty (or not UTF-8): --resume says so on stderr, takes the
+    """The run's config.json is empty, not UTF-8 or missing: --resume says so on stderr, takes the
     settings from checkpoint/config.json, trains on, and writes a whole config.json again."""
-    for damage in (b"", b"\xff\xfe\x00{"):
-        run = tmp_path / f"run{len(damage)}"
+    for i, damage in enumerate((b"", b"\xff\xfe\x00{", None)):
+        run = tmp_path / f"run{i}"
         shutil.copytree(trained_run, run)
-        (run / "config.json").write_bytes(damage)
+        if damage is None:
+            (run / "config.json").unlink()
+        else:
+            (run / "config.json").write_bytes(damage)
         assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--no-progress",
                      "--device", "cpu"]) == 0
         err = capsys.readouterr().err
-        assert f"note: {run / 'config.json'} cannot be read" in err and "checkpoint's copy" in err
+        problem = "is missing" if damage is None else "cannot be read"
+        assert f"note: {run / 'config.json'} {problem}" in err and "checkpoint's copy" in err
         assert load_checkpoint(run).state["step"] == 8
         assert json.loads((run / "config.json").read_text())["base_channels"] == 8
 
