@@ -202,7 +202,8 @@ def test_a_damaged_run_config_falls_back_to_the_checkpoints_copy(tmp_path, capsy
     (tmp_path / "config.json").write_bytes(damage)
     assert C.read_run_config(tmp_path) == config
     note = capsys.readouterr().err
-    assert note.startswith(f"note: {tmp_path / 'config.json'} cannot be read") and "checkpoint's copy" in note
+    assert note.startswith(f"note: {tmp_path / 'config.json'} cannot be read")
+    assert "checkpoint's copy" in note
     (tmp_path / "checkpoint" / "config.json").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"and so does the checkpoint's copy .*--overwrite"):
         C.read_run_config(tmp_path)
