@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Optional
 
 from .config import TrainConfig, get_config
+from .precision import COMPILE_MODES, PRECISIONS
 from .runs import load_run, sample_images, save_samples
 from .train import train
 
 SKIP = {"run_dir", "preset"}
+CHOICES = {"mixed_precision": PRECISIONS, "compile_mode": COMPILE_MODES}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -48,11 +50,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        if isinstance(default, bool):
+        if isinstance(default, bool) or f.type == "Optional[bool]":  # --x / --no-x (unset: auto)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, tuple):
             parser.add_argument(flag, type=_tuple, default=None, metavar="N,N,...")
-        elif f.name == "image_size":
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=None)
+        elif f.type == "Optional[int]":
             parser.add_argument(flag, type=int, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=None)
