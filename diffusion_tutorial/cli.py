@@ -110,7 +110,10 @@ def cmd_train(args) -> int:
         print(f"training preset {config.preset!r} on {config.dataset} "
               f"({config.count_parameters():,} UNet parameters) -> {config.run_dir}", flush=True)
     result = train(config, resume=args.resume, progress=not args.no_progress)
-    if rank == 0:
+    if rank == 0 and args.resume and not result.steps_done:
+        print(f"{config.run_dir} has already finished: {result.step} steps done (--steps "
+              f"{config.steps}); nothing to train. To train longer, resume with a larger --steps.")
+    elif rank == 0:
         print(f"done: {result.step} steps ({result.steps_per_sec:.2f} steps/s); wrote "
               f"{Path(config.run_dir) / 'checkpoint'}, samples.png, loss.png, loss_log.jsonl")
     return 0
