@@ -9,17 +9,7 @@ from diffusion_tutorial.checkpoint import CheckpointError, has_checkpoint, load_
 from diffusion_tutorial.cli import main
 from diffusion_tutorial.runs import load_run
 from diffusion_tutorial.train import TrainingDiverged, train
-
-
-class NaNAfter(TinyEps):
-    def __init__(self, after):
-        super().__init__(timesteps=100)
-        self.calls, self.after = 0, after
-
-    def forward(self, x, t, y=None):
-        self.calls += 1
-        out = super().forward(x, t, y)
-        return out * float("nan") if self.calls > self.after else out
+from test_train import NaNAfter
 
 
 class InfGradientAt(TinyEps):
