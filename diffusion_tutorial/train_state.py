@@ -49,6 +49,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the states :func:`rng_state` returned (CUDA's only where a GPU is present)."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
@@ -59,6 +60,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _read_log(path: Path, end: int) -> list:
+    """The losses of the loss log's first ``end`` bytes: one per step up to the checkpoint."""
     if not path.exists():
         return []
     with open(path, "rb") as f:
