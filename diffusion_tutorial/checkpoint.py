@@ -257,14 +257,16 @@ def read_run_config(run_dir) -> TrainConfig:
 
 
 def check_finite(state_dict: dict, file) -> None:
-    """Refuse weights that contain NaN or inf: a run that diverged before it was saved."""
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(
-                f"{file} holds non-finite weights ({name}: {bad} of {tensor.numel()} values are "
-                "NaN or inf): the run diverged before this checkpoint was saved; train again "
-                "with a lower learning rate or gradient clipping.")
+    """Refuse weights that hold NaN or inf (a run that diverged), naming the first such tensor."""
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        tensor = state_dict[bad[0]]
+        count = int((~torch.isfinite(tensor)).sum())
+        more = f"; {len(bad) - 1} more tensor(s) too" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{file} holds NaN or infinite weights ({bad[0]}: {count} of {tensor.numel()} values"
+            f"{more}): the run diverged before this checkpoint was saved; retrain it with a lower "
+            "--lr (or --grad-clip), or use another run.")
 
 
 def check_same_config(saved: TrainConfig, config: TrainConfig, where="the checkpoint") -> None:
@@ -273,6 +275,18 @@ def check_same_config(saved: TrainConfig, config: TrainConfig, where="the checkp
         shown = ", ".join(f"{k}: {a!r} in checkpoint vs {b!r} now" for k, (a, b) in sorted(diff.items()))
         raise CheckpointError(f"{where} was written with a different config ({shown}): use the same "
                               "settings to resume, or a new --out folder to start afresh.")
+
+
+def nonfinite_tensors(state_dict: dict) -> list:
+    """Names of the floating-point tensors in ``state_dict`` that hold NaN or ±inf (one host
+    read when all are finite, as they should be)."""
+    floats = {k: v for k, v in state_dict.items() if v.is_floating_point() and v.numel()}
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for v in floats.values()])
+    if bool(finite.all()):
+        return []
+    return [k for k, ok in zip(floats, finite.tolist()) if not ok]
 
 
 def load_weights(module: torch.nn.Module, state_dict: dict, what: str = "checkpoint") -> None:

@@ -111,7 +111,7 @@ def _faults(trained_run, tmp_path):
         ("guidance unconditional", sample + ["--guidance-scale", "3", "--out", str(tmp_path / "g.png")],
          "this model is unconditional: drop --guidance-scale"),
         ("diverged checkpoint", ["sample", "--checkpoint", str(diverged), "--out", str(tmp_path / "g.png")],
-         f"ema.safetensors holds non-finite weights ({first}: 1 of"),
+         f"ema.safetensors holds NaN or infinite weights ({first}: 1 of"),
         ("both configs broken", ["train", "--out", str(both_broken), "--resume", "--no-progress"],
          "and so does the checkpoint's copy"),
         ("unknown dataset", TINY + ["--dataset", "minst"], "did you mean 'mnist'"),
@@ -192,7 +192,7 @@ def test_load_run_refuses_non_finite_weights(trained_run, tmp_path):
     model[name].view(-1)[-1] = float("inf")
     save_checkpoint(tmp_path, model_state=model, ema_state=ckpt.ema_state, state=ckpt.state,
                     config=ckpt.config)
-    with pytest.raises(CheckpointError, match=rf"model.safetensors holds non-finite weights \({name}"):
+    with pytest.raises(CheckpointError, match=rf"model.safetensors holds NaN or infinite weights \({name}"):
         load_run(tmp_path, "cpu")
 
 
