@@ -9,7 +9,10 @@
 Every config field has a flag (``--batch-size``, ``--timesteps``, ``--channel-mults 1,2,2``,
 ...) that overrides the preset. Bad input and known faults end with one line on stderr
 that says what to do, and a non-zero exit code; set DIFFUSION_TUTORIAL_DEBUG=1 to see
-the full traceback instead.
+the full traceback instead. Output paths are checked before any work
+(:mod:`diffusion_tutorial.outputs`): ``train --out`` into a folder that holds a run needs
+``--resume`` or ``--overwrite``, and a ``--out`` that is a file, lies under a file or is
+read-only is named before training or sampling starts.
 """
 from __future__ import annotations
 
