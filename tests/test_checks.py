@@ -305,3 +305,65 @@ def test_a_gpu_only_mistake_is_explained():
     message = C._explain(RuntimeError("Expected all tensors to be on the same device, but "
                                       "found at least two devices, cuda:0 and cpu!"), "fn(x)")
     assert "device=x.device" in message
+
+
+# ---------------------------------------------------------------- feedback that names the equation
+def test_ddim_wrap_at_the_last_step_is_named_although_it_gives_nan():
+    """The known mistake is tried before the NaN check: alphas_cumprod[-1] at t_prev = −1
+    makes x_prev NaN, and the message says why."""
+    def wrapping(x_t, t, t_prev, eps, abar, eta, z):
+        ab, abp = per_example(abar, t, x_t), per_example(abar, t_prev, x_t)  # abar[-1] wraps
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
+        return abp.sqrt() * x0 + (1 - abp - sigma ** 2).sqrt() * eps + sigma * z
+    res = run("ddim_step", wrapping)
+    assert [p.name for p in res.parts if not p.passed] == ["last step to x_0 (t_prev = −1), η = 0.5"]
+    assert "wraps around" in res.messages[0] and "NaN or inf" not in res.messages[0]
+
+
+def test_beta_used_for_one_minus_alphas_cumprod_is_named_in_every_failing_part():
+    def sqrt_beta(x_t, t, eps, betas):  # coefficient √β_t = β_t/√β_t instead of β_t/√(1 − ᾱ_t)
+        b = per_example(betas, t, x_t)
+        return (x_t - b.sqrt() * eps) / (1 - b).sqrt()
+
+    def beta_over_beta(x_t, t, eps, betas):  # β_t/(1 − ᾱ_t) with β_t for 1 − ᾱ_t, and no root
+        b = per_example(betas, t, x_t)
+        return (x_t - b / b * eps) / (1 - b).sqrt()
+    for wrong in (sqrt_beta, beta_over_beta):
+        res = run("mean_from_eps", wrong)
+        failed = [p for p in res.parts if p.passed is False]
+        assert failed and "β_t is used where the equation has 1 − ᾱ_t" in failed[0].message
+        assert all("β_t is used" in p.message or p.message.startswith("same problem as")
+                   for p in failed), res.report()
+        assert "missing square root" not in res.report()
+    res = run("q_sample", lambda x0, t, n, a: per_example(a, t, x0).sqrt() * x0
+              + (1 - per_example(a, t, x0) / per_example(prev(a), t, x0)).sqrt() * n)
+    assert "β_t is used where the equation has 1 − ᾱ_t" in failure_text(res)
+
+
+def test_huber_loss_is_named_as_such():
+    text = failure_text(run("loss", lambda p, e: torch.nn.functional.huber_loss(p, e)))
+    assert "Huber" in text and "mean((ε − ε_θ)²)" in text and "times" not in text
+
+
+def test_an_unnamed_mistake_quotes_the_equation_to_use():
+    def half_noise(x0, t, noise, abar):
+        return per_example(abar, t, x0).sqrt() * x0 + 0.5 * noise
+    text = failure_text(run("q_sample", half_noise))
+    assert "x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε" in text and "docstring" not in text
+
+
+def test_same_problem_points_to_the_part_that_had_it():
+    def wrong(x0, t, noise, abar):
+        if x0.shape[0] == 3:  # the first- and last-step cases: a different mistake
+            return T_plus_one_noise(x0, t, noise, abar)
+        return q_sample(x0, t, -noise, abar)
+
+    def T_plus_one_noise(x0, t, noise, abar):
+        a = per_example(abar, t, x0)
+        return a.sqrt() * x0 + (1 - a) * noise
+    res = run("q_sample", wrong)
+    by_name = {p.name: p.message for p in res.parts}
+    assert "wrong sign" in by_name["random t, float32, (4, 1, 5, 6) images"]
+    assert by_name["last step (t = T − 1)"] == "same problem as above."
+    assert by_name["batch of 1"] == "same problem as in “random t, float32, (4, 1, 5, 6) images”."
