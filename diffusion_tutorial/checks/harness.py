@@ -141,7 +141,11 @@ def _reference_ddpm_step(x_t, t, eps, betas, z, variance="beta"):
 
 def _reference_ddim_step(x_t, t, t_prev, eps, alphas_cumprod, eta, z):
     d = diffusion_for(_betas_from_alphas_cumprod(alphas_cumprod), x_t.device)
-    return d.ddim_step(x_t, t, t_prev, eps, eta=eta, noise=z)
+    # int timesteps take the package's float64 coefficients (its buffers are float32, whose
+    # rounding 1/√ᾱ_t amplifies beyond the float64 tolerance); so one example at a time
+    rows = [d.ddim_step(x_t[i:i + 1], int(t[i]), int(t_prev[i]), eps[i:i + 1], eta=eta, noise=z[i:i + 1])
+            for i in range(x_t.shape[0])]
+    return torch.cat(rows)
 
 
 def _reference_loss(eps_pred, eps):
