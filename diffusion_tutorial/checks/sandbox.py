@@ -147,16 +147,21 @@ class Tracer:
             scope: dict = {}
             exec(self.TRAMPOLINE.format(key), scope)
             self.entries.append((label, fn, fn.__code__, original, scope["traced"].__code__))
-        self.called: list[str] = []
+        self.called: list[str] = []  # the package functions the student's code called itself
+        self.depth = 0
 
     def dispatch(self, key, args, kwargs):
         label, _, _, original, _ = self.entries[key]
-        if label not in self.called:
+        if self.depth == 0 and label not in self.called:
             self.called.append(label)
-        return _changed(original(*args, **kwargs))
+        self.depth += 1
+        try:
+            return _changed(original(*args, **kwargs))
+        finally:
+            self.depth -= 1
 
     def __enter__(self):
-        self.called = []
+        self.called, self.depth = [], 0
         for _, fn, _, _, traced in self.entries:
             fn.__globals__["__diffusion_tutorial_trace__"] = self.dispatch
             fn.__code__ = traced
