@@ -36,7 +36,8 @@ from .questions import ASSIGNMENTS
 
 # captured before any student code runs
 _type, _repr, _isinstance, _len, _str = type, repr, isinstance, len, str
-_Tensor, _tolist, _write, _FunctionType = torch.Tensor, torch.Tensor.tolist, os.write, types.FunctionType
+_Tensor, _tolist, _detach, _cpu = torch.Tensor, torch.Tensor.tolist, torch.Tensor.detach, torch.Tensor.cpu
+_write, _FunctionType = os.write, types.FunctionType
 STUDENT_FILE = "<student notebook cell {}>"
 ALLOWED_HELPERS = {"ddim_timesteps", "extract"}  # helpers the questions offer
 
@@ -178,7 +179,7 @@ def plain(value, depth: int = 0):
     if depth > 4:
         return ("other", "too deeply nested")
     if _type(value) is _Tensor:
-        listed = _tolist(value.detach().cpu())
+        listed = _tolist(_cpu(_detach(value)))
         return listed if _isinstance(listed, float) else ("tensor", listed)
     if _type(value) in (float, int, bool, _str) or value is None:
         return value
