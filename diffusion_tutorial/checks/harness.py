@@ -17,11 +17,14 @@ How to add a check (``check_v_from_eps`` as the example):
 3. **One case.** Write ``run_case(fn, case)``: draw inputs with ``g = generator(seed)``,
    ``case.randn(g)``, ``case.timesteps(g)`` and ``case.betas_and_alphas_cumprod()``; call the
    student's function through ``call_unmodified``; return
-   ``compare(out, reference, mistakes, like=x, what="v")``, where ``mistakes`` lists
-   ``(message, value)`` pairs, the value a wrong answer would give. Each message names the
-   mistake and quotes the equation to use. ``shift_mistakes`` adds t ± 1. ``run_case``
-   returns None (passed), a message (failed) or ``Stop(message)`` (failed so badly that the
-   remaining cases are skipped).
+   ``compare(out, reference, mistakes, like=x, what="v", equation=V)``, where ``mistakes``
+   lists ``(message, value)`` pairs, the value a wrong answer would give, and ``V`` is the
+   equation in words, which the messages that name no particular mistake quote. Each mistake's
+   message names the mistake and quotes the equation to use; mistakes are tried before the
+   NaN check (a known mistake may give NaN), and when several fit, the report keeps the one
+   named in an earlier part. ``shift_mistakes`` adds t ± 1. ``run_case`` returns None
+   (passed), a message (failed) or ``Stop(message)`` (failed so badly that the remaining
+   cases are skipped).
 4. **The check.** ``return run_check("check_v_from_eps", fn, "fn(eps, x_t, t, alphas_cumprod)",
    parts_from_cases(cases, run_case), strict, verbose)`` in the module of its chapter
    (forward, reverse, loss, sampling, or a new one), and export it from ``checks/__init__.py``.
