@@ -257,8 +257,9 @@ def read_run_config(run_dir) -> TrainConfig:
 
 
 def check_finite(state_dict: dict, file) -> None:
-    """Refuse weights that hold NaN or inf (a run that diverged), naming the first such tensor."""
-    bad = nonfinite_tensors(state_dict)
+    """Refuse weights that hold NaN or inf (a run that diverged), naming the first such tensor
+    by name (safetensors returns the tensors in no fixed order)."""
+    bad = sorted(nonfinite_tensors(state_dict))
     if bad:
         tensor = state_dict[bad[0]]
         count = int((~torch.isfinite(tensor)).sum())
@@ -313,7 +314,7 @@ def weight_mismatch(expected: dict, found: dict, show: int = 3) -> str:
         return f"{len(names)} {kind} ({', '.join(describe(n) for n in names[:show])}{more})"
 
     missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
+    unexpected = sorted(k for k in found if k not in expected)    # files keep no order
     resized = [k for k in expected if k in found and expected[k].shape != found[k].shape]
     parts = []
     if missing:

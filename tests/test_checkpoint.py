@@ -160,7 +160,7 @@ def test_weights_with_nan_or_inf_are_refused_naming_the_tensor(tmp_path):
     ema["b"][1] = 0.0
     save_checkpoint(tmp_path, model_state=model, ema_state=ema, state=state, config=config)
     with pytest.raises(CheckpointError, match=r"model.safetensors .*\(b: 1 of 3 values; 1 more "
-                                              r"tensor\(s\) too\)"):      # w, after b in the file
+                                              r"tensor\(s\) too\)"):      # b named first: by name
         load_checkpoint(tmp_path)
 
 
