@@ -87,9 +87,15 @@ def as_timestep_tensor(t, batch: int, device=None, num_timesteps: Optional[int] 
     if t.shape != (batch,):
         raise ValueError(f"t must be an int or a ({batch},) tensor of timestep indices, "
                          f"got shape {tuple(t.shape)}.")
-    if num_timesteps is not None and ((t < 0).any() or (t >= num_timesteps).any()):
-        raise ValueError(f"timestep index out of range: t must be in 0..{num_timesteps - 1} "
-                         "(0-based; index i is paper time t = i + 1).")
+    if num_timesteps is not None:
+        message = (f"timestep index out of range: t must be in 0..{num_timesteps - 1} "
+                   "(0-based; index i is paper time t = i + 1).")
+        inside = (t >= 0) & (t < num_timesteps)
+        if t.is_cpu:
+            if not inside.all():
+                raise ValueError(message)
+        else:  # on a GPU, reading the answer back would stall every training step
+            torch._assert_async(inside.all(), message)
     return t
 
 

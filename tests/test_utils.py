@@ -22,6 +22,17 @@ def test_bad_timesteps_name_the_fix(t, match):
         as_timestep_tensor(t, 2, num_timesteps=10)
 
 
+def test_device_timesteps_are_range_checked_without_a_host_read(monkeypatch):
+    """Off the CPU the range check is queued on the device (torch._assert_async) instead of
+    read back; here the tensor only pretends to live off the CPU."""
+    asserted = []
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda self: False))
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: asserted.append((bool(cond), msg)))
+    as_timestep_tensor(torch.tensor([0, 9]), 2, num_timesteps=10)
+    as_timestep_tensor(torch.tensor([0, 10]), 2, num_timesteps=10)
+    assert [ok for ok, _ in asserted] == [True, False] and "0..9" in asserted[1][1]
+
+
 def test_wall_times_runs_warmup_untimed_and_times_each_call():
     calls = []
 
