@@ -173,9 +173,12 @@ LOG_CAP = 40_000                     # characters of each command's output kept 
 
 
 def run_command(cmd: list, timeout: float, log_path: Path, title: str, env: Optional[dict] = None,
-                interrupt_first: bool = False, grace: float = 60.0, cwd: Path = ROOT) -> dict:
+                interrupt_first: bool = False, grace: float = 60.0, cwd: Path = ROOT,
+                start_file: Optional[Path] = None, start_limit: float = 180.0) -> dict:
     """Run ``cmd`` in its own process group with a wall-clock limit; append its output (the
-    first and last parts of it when long) to ``log_path``. At the limit the process gets
+    first and last parts of it when long) to ``log_path``. With ``start_file`` the limit
+    counts from the moment that file appears (a training run's loss log: start-up is not
+    training time), after at most ``start_limit`` seconds. At the limit the process gets
     SIGINT when ``interrupt_first`` (Ctrl-C: the training CLI saves a checkpoint and
     stops), else its group gets SIGTERM; after ``grace`` seconds more the group is killed.
     Returns the exit code, whether the limit was reached, the wall time and the output's end."""
@@ -184,6 +187,9 @@ def run_command(cmd: list, timeout: float, log_path: Path, title: str, env: Opti
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                 start_new_session=True)
+        while (start_file is not None and proc.poll() is None and not Path(start_file).exists()
+               and time.monotonic() - t0 < start_limit):
+            time.sleep(0.2)
         timed_out = False
         try:
             rc = proc.wait(timeout=max(1.0, timeout))

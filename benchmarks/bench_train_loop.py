@@ -91,7 +91,8 @@ def main() -> None:
     p.add_argument("--random-per-batch", type=int, default=10_000,
                    help="images per random CIFAR-format batch file (5 training batches)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seconds", type=float, default=60.0, help="stop the training after this long")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="stop the training this long after it starts (its loss log appears)")
     p.add_argument("--grace", type=float, default=90.0, help="seconds allowed to stop after SIGINT")
     p.add_argument("--max-steps", type=int, default=1_000_000)
     p.add_argument("--log-every", type=int, default=50)
@@ -124,7 +125,8 @@ def main() -> None:
            *train_args]
     print("running:", " ".join(cmd), flush=True)
     log_path = work / f"train-{args.preset}.log"
-    run = run_command(cmd, args.seconds, log_path, "train", interrupt_first=True, grace=args.grace)
+    run = run_command(cmd, args.seconds, log_path, "train", interrupt_first=True, grace=args.grace,
+                      start_file=run_dir / "loss_log.jsonl")
     code, wall = run["rc"], run["wall_s"]
     ended = "stopped at the time limit (SIGINT)" if run["timed_out"] else "finished its steps"
     log = read_loss_log(run_dir / "loss_log.jsonl") if (run_dir / "loss_log.jsonl").exists() else []
