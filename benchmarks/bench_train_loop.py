@@ -72,14 +72,14 @@ def choose_data(preset: str, data_dir: str, mode: str, work: Path, per_batch: in
     return [], "the preset's own dataset"
 
 
-def profile_train(config, steps: int, work: Path, cuda: bool) -> dict:
+def profile_train(config, steps: int, work: Path, device) -> dict:
     """Profile shares of a short run of the real :func:`diffusion_tutorial.train` (warm-up
     and the end-of-run checkpoint included; host-device copies left out on a GPU)."""
     from diffusion_tutorial import train
     short = dataclasses.replace(config, steps=steps, run_dir=str(work / "profile-run"), sample_every=0,
-                                checkpoint_every=0, n_samples=1, sample_steps=1,
+                                checkpoint_every=0, n_samples=1, sample_steps=1, device=str(device),
                                 warmup_steps=min(config.warmup_steps, steps))
-    return profile_shares(lambda: train(short, progress=False), cuda)
+    return profile_shares(lambda: train(short, progress=False), device.type == "cuda")
 
 
 def main() -> None:
@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                    help="auto: profile where a judged target is missed")
     p.add_argument("--profile-steps", type=int, default=20)
+    p.add_argument("--profile-only", action="store_true", help="no timed run: only the profile")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the chip's peak (default: from its name)")
     p.add_argument("--work-dir", default=None, help="run folders and random data (default: a temporary one)")
     p.add_argument("--result-name", default=None, help="default train_loop_<preset>")
@@ -110,14 +111,21 @@ def main() -> None:
 
     from diffusion_tutorial import get_device
     device = get_device(args.device)
-    cuda = device.type == "cuda"
-    gpu = torch.cuda.get_device_name(device) if cuda else None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_train_loop-"))
     work.mkdir(parents=True, exist_ok=True)
     data_flags, data_note = choose_data(args.preset, args.data_dir, args.data, work, args.random_per_batch)
     train_args = data_flags + train_args
     config = build_config(args.preset, train_args)
     preset_config = build_config(args.preset, data_flags)
+    name = args.result_name or f"train_loop_{args.preset}"
+    if args.profile_only:
+        prof = profile_train(config, args.profile_steps, work, device)
+        print(bound_text(prof))
+        write_result(name, {"machine": machine(str(device), args.note), "preset": args.preset, "gpu": gpu,
+                            "batch": config.batch_size, "data": data_note, "profile": prof,
+                            "bound": bound_text(prof)}, args.out_dir)
+        return
     run_dir = work / f"run-{args.preset}"
     cmd = [sys.executable, "-m", "diffusion_tutorial", "train", "--preset", args.preset,
            "--out", str(run_dir), "--steps", str(args.max_steps), "--log-every", str(args.log_every),
@@ -158,15 +166,13 @@ def main() -> None:
         result["targets"] = [target_row(key, measured, applies, why)]
     missed = any(r["met"] is False for r in result.get("targets", []))
     machine_info = machine(str(device), args.note)
-    path = write_result(args.result_name or f"train_loop_{args.preset}",
-                        {"machine": machine_info, **result}, args.out_dir)
+    path = write_result(name, {"machine": machine_info, **result}, args.out_dir)
     summary(result)
     if args.profile == "always" or (args.profile == "auto" and missed):
-        result["profile"] = profile_train(config, args.profile_steps, work, cuda)
+        result["profile"] = profile_train(config, args.profile_steps, work, device)
         result["bound"] = bound_text(result["profile"])
         print(result["bound"])
-        path = write_result(args.result_name or f"train_loop_{args.preset}",
-                            {"machine": machine_info, **result}, args.out_dir)
+        path = write_result(name, {"machine": machine_info, **result}, args.out_dir)
     if not ok:
         raise SystemExit(f"error: {result['error'][:300]} (full result in {path})")
 

@@ -406,15 +406,16 @@ def section_gpu_check(folder: Path) -> list[str]:
 def section_gpu() -> list[str]:
     out = ["## On a GPU", "",
            "`python scripts/gpu_check.py` checks the GPU path in one command of about nine minutes on one "
-           "H100-class GPU: it trains the `full` preset for a few minutes and scores its EMA snapshots with "
-           "the classifier, times the `cifar10` preset's CLI loop, compares the training step with "
-           "diffusers', and runs every chapter at full size, each part within a share of one time budget "
-           "(`--budget-minutes`, default 9). It needs no network: place MNIST's IDX files and the CIFAR-10 "
-           "python batches under `--data-dir` first (without them it trains on `mnist-sample` and times the "
-           "loop on random data in CIFAR-10's format, and says so). It writes one folder "
-           "(`--out`, default `benchmarks/results/gpu/<date>-<gpu>`) with `report.md`, `report.json`, "
-           "`log.txt`, the benchmarks' JSON and a grid of samples. Commit that folder and rerun "
-           "`python benchmarks/make_benchmarks_page.py`: every report folder appears below, newest first. "
+           "H100-class GPU: it trains the `full` preset for `--train-minutes` (1.25) and scores its EMA "
+           "snapshots with the classifier, times the `cifar10` preset's CLI loop, compares the training step "
+           "with diffusers', and runs the chapters at full size in the time left, each part within a share "
+           "of one budget (`--budget-minutes`, default 9; `--parts chapters` runs all chapters alone). It "
+           "needs no network: place MNIST's IDX files and the CIFAR-10 python batches under `--data-dir` "
+           "first (without them it trains on `mnist-sample` and times the loop on random data in CIFAR-10's "
+           "format, and says so). It writes one folder (`--out`, default "
+           "`benchmarks/results/gpu/<date>-<gpu>`) with `report.md`, `report.json`, `log.txt`, the "
+           "benchmarks' JSON and a grid of samples. Commit that folder and rerun `python "
+           "benchmarks/make_benchmarks_page.py`: every report folder appears below, newest first. "
            "`--dry-run` does the same at tiny sizes on a CPU (CI runs it); its figures are not GPU figures.",
            ""]
     found = []
