@@ -169,3 +169,30 @@ def test_dry_run_writes_a_complete_report(tmp_path):
                     "## The cifar10 preset's CLI loop", "## Against diffusers' UNet2DModel"):
         assert heading in md
     assert str(tmp_path) not in md              # no local paths in what gets committed
+
+
+def test_benchmarks_page_shows_committed_report_folders(gc, tmp_path, monkeypatch):
+    """make_benchmarks_page renders every gpu_check folder under benchmarks/results/gpu/ (a
+    dry run's excepted), newest first, after the committed first H200 measurements' section."""
+    spec = importlib.util.spec_from_file_location("make_benchmarks_page",
+                                                  ROOT / "benchmarks" / "make_benchmarks_page.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    gpu = tmp_path / "gpu"
+    for name, date, dry in (("2027-01-05-nvidia-h100", "2027-01-05 10:00 UTC", False),
+                            ("2027-02-01-nvidia-h200", "2027-02-01 10:00 UTC", False),
+                            ("dry", "2027-03-01 10:00 UTC", True)):
+        report = fake_report(dry_run=dry)
+        report["date"] = date
+        (gpu / name).mkdir(parents=True)
+        gc.write_report(report, gpu / name)
+    first_run = ROOT / "benchmarks" / "results" / "gpu" / "h200-2026-12-04"
+    (gpu / first_run.name).symlink_to(first_run)
+    monkeypatch.setattr(page, "GPU_RESULTS", gpu)
+    text = "\n".join(page.section_gpu())
+    feb, jan = text.index("### GPU check: NVIDIA H200, 2027-02-01"), text.index("2027-01-05 10:00 UTC")
+    first = text.index("### One NVIDIA H200, 2026-12-04, commit 0a4cf51")
+    assert feb < jan < first                              # newest first
+    assert "dry run" not in text and "2027-03-01" not in text
+    assert "#### Issue 10's targets" in text and "\n## " not in text.split("## On a GPU", 1)[1]
+    assert "benchmarks/results/gpu/2027-02-01-nvidia-h200/" in text
