@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -182,6 +183,11 @@ def run_command(cmd: list, timeout: float, log_path: Path, title: str, env: Opti
     SIGINT when ``interrupt_first`` (Ctrl-C: the training CLI saves a checkpoint and
     stops), else its group gets SIGTERM; after ``grace`` seconds more the group is killed.
     Returns the exit code, whether the limit was reached, the wall time and the output's end."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if interrupt_first and main_thread and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background, this process ignores Ctrl-C, and so would its children
+        # (an ignored signal stays ignored across exec): handle it, so that they get it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,

@@ -595,6 +595,8 @@ def train_flags(args) -> list[str]:
         flags += ["--compile-mode", args.compile_mode]
     if args.mixed_precision or args.dry_run:
         flags += ["--mixed-precision", args.mixed_precision or "auto"]
+    if args.dry_run:
+        flags.append("--no-channels-last")
     return supported(flags)
 
 
