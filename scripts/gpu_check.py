@@ -563,7 +563,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chapter-timeout", type=float, default=300.0, help="seconds per chapter")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="passed to the training commands (default: theirs)")
-    p.add_argument("--compile-mode", default=None, help="passed to the training commands")
+    p.add_argument("--compile-mode", default=None,
+                   help="default|reduce-overhead|max-autotune, passed to the training commands")
     p.add_argument("--mixed-precision", default=None,
                    help="auto|bf16|fp16|no, passed to the training commands")
     p.add_argument("--commit", default="", help="the commit, where the copy has no git history")
@@ -597,24 +598,7 @@ def train_flags(args) -> list[str]:
         flags += ["--mixed-precision", args.mixed_precision or "auto"]
     if args.dry_run:
         flags.append("--no-channels-last")
-    return supported(flags)
-
-
-def supported(flags: list[str]) -> list[str]:
-    """TEMPORARY (until the trainer's flags are merged): drop training flags the CLI does
-    not know yet, with a note on stderr."""
-    from diffusion_tutorial.cli import build_parser
-    known = build_parser().subcommands["train"]._option_string_actions
-    kept, i = [], 0
-    while i < len(flags):
-        takes_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
-        item = flags[i:i + 2] if takes_value else flags[i:i + 1]
-        if flags[i] in known:
-            kept += item
-        else:
-            print(f"note: the training CLI has no {flags[i]} yet; not passed", file=sys.stderr)
-        i += len(item)
-    return kept
+    return flags
 
 
 class Context:

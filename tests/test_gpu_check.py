@@ -150,6 +150,7 @@ def test_dry_run_writes_a_complete_report(tmp_path):
     assert {(r["sampler"], r["eta"]) for r in scored} >= {("ddim", 1.0), ("ddpm", 1.0), ("ddim", 0.0)}
     assert all(r["n"] == 32 and 0 <= r["confident_share"] <= 1 for r in scored)
     assert "mnist-sample" in full["data"]
+    assert "--no-compile --mixed-precision auto --no-channels-last" in full["train_command"]
     cifar = report["parts"]["cifar10_loop"]
     assert "random uint8 data in the CIFAR-10 python format" in cifar["data"] and cifar["images_per_s"] > 0
     assert "convolution" in cifar["bound"]
