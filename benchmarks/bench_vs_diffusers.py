@@ -15,7 +15,8 @@
 
     python benchmarks/bench_vs_diffusers.py                 # CPU, the quick preset's UNet
     python benchmarks/bench_vs_diffusers.py --device cuda   # GPU: DDPM CIFAR-10 size (35.7M),
-        bf16 autocast, channels_last, fused AdamW, torch.compile, model FLOP utilisation (MFU)
+        bf16 autocast (fp16 + GradScaler on a T4 or V100), channels_last, fused AdamW,
+        torch.compile, model FLOP utilisation (MFU)
     python benchmarks/bench_vs_diffusers.py --device cuda --no-compile --result-name vs_diffusers_cuda_eager
 
 On a GPU the result carries issue 10's target (our compiled step at least 1.2x diffusers'
@@ -34,6 +35,7 @@ import torch
 from _common import add_note_option, machine, print_table, timed, write_result
 from _perf import bound_text, format_targets, peak_flops, profile_shares, target_applies, target_row
 from diffusion_tutorial import GaussianDiffusion, ddim_sample, ddpm_sample
+from diffusion_tutorial.precision import adamw_options, autocast, autocast_dtype, describe, grad_scaler
 from diffusion_tutorial.unet import UNet, count_parameters
 
 T = 1000
@@ -203,9 +205,10 @@ def training_throughput(size: str, device: str, batch: int, steps: int, rounds: 
 
     On a CPU each model runs in both memory layouts (four variants, alternated), and the
     ratio is given per layout and for each model's faster layout. On a GPU both use
-    channels_last, bf16 autocast, fused AdamW and (with ``compile_``) ``torch.compile`` with
-    ``backend``. ``profile``: profile our step where the target is missed (auto), always
-    or never. ``warmup`` steps (compilation included) precede the timing; ``layouts``
+    channels_last, the package's mixed precision for the GPU (bf16 autocast from compute
+    capability 8.0, fp16 with a GradScaler before), fused AdamW and (with ``compile_``)
+    ``torch.compile`` with ``backend``. ``profile``: profile our step where the target is
+    missed (auto), always or never. ``warmup`` steps (compilation included) precede the timing; ``layouts``
     restricts a CPU run to some of :data:`LAYOUTS`."""
     ours0, theirs0, shape = model_pair(size)
     n_ours, n_theirs = count_parameters(ours0), count_parameters(theirs0)
@@ -215,25 +218,28 @@ def training_throughput(size: str, device: str, batch: int, steps: int, rounds: 
     layouts = ["channels_last"] if cuda else list(layouts or LAYOUTS)
     data0 = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
     steppers, flops, shares = {}, {}, {}
+    dtype = autocast_dtype(device, "auto")   # the package's choice: bf16 from A100 on, fp16 + scaler before
     for name, base in (("ours", ours0), ("diffusers", DiffusersEps(theirs0))):
         for layout in layouts:
             fmt = LAYOUTS[layout]
             m = copy.deepcopy(base).to(device, memory_format=fmt).train()
             data = data0.contiguous(memory_format=fmt)
-            opt = torch.optim.AdamW(m.parameters(), lr=2e-4, fused=cuda or None)
+            opt = torch.optim.AdamW(m.parameters(), lr=2e-4, **adamw_options(device))
+            scaler = grad_scaler(device, dtype)
             fwd = torch.compile(m, backend=backend) if compile_ else m
 
-            def step(fwd=fwd, opt=opt, data=data):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            def step(fwd=fwd, opt=opt, data=data, scaler=scaler):
+                with autocast(device, dtype):
                     loss = diffusion.p_losses(fwd, data)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             steppers[(name, layout)] = step
             if cuda and (name, layout) not in flops:  # FLOPs of one step, counted uncompiled
                 from torch.utils.flop_counter import FlopCounterMode
                 with FlopCounterMode(display=False) as counter:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                    with autocast(device, dtype):
                         diffusion.p_losses(m, data).backward()
                 m.zero_grad(set_to_none=True)
                 flops[(name, layout)] = counter.get_total_flops()
@@ -262,7 +268,7 @@ def training_throughput(size: str, device: str, batch: int, steps: int, rounds: 
               for layout in layouts}
     ratios["ours/diffusers (each in its faster layout)"] = best["ours"] / best["diffusers"]
     result = {"size": size, "device": device, "batch": batch,
-              "precision": "bf16 autocast" if cuda else "fp32", "compiled": compile_,
+              "precision": describe(dtype, grad_scaler(device, dtype)), "compiled": compile_,
               "params_ours": n_ours, "params_diffusers": n_theirs, "rows": rows, "ratios": ratios}
     if not cuda:  # Amdahl: identical convolutions bound what the rest of the code can win
         d_best = max((r for r in rows if r["model"] == "diffusers"), key=lambda r: r["images_per_s"])
