@@ -28,7 +28,20 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device != "auto":
-        return torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+        count = torch.cuda.device_count() if device.type == "cuda" else 0
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "cuda" and (device.index or 0) >= count:
+            found = f"only {count} CUDA GPU(s)" if count else "no CUDA GPU"
+        elif device.type == "mps" and not (mps is not None and mps.is_available()):
+            found = "no Apple MPS device"
+        else:
+            return device
+        raise ValueError(f"device {str(device)!r} is not available here ({found}): "
+                         "use --device auto (device='auto') or cpu.")
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
