@@ -79,7 +79,7 @@ def profile_train(config, steps: int, work: Path, device) -> dict:
     short = dataclasses.replace(config, steps=steps, run_dir=str(work / "profile-run"), sample_every=0,
                                 checkpoint_every=0, n_samples=1, sample_steps=1, device=str(device),
                                 warmup_steps=min(config.warmup_steps, steps))
-    return profile_shares(lambda: train(short, progress=False), device.type == "cuda")
+    return profile_shares(lambda: train(short, progress=False, overwrite=True), device.type == "cuda")
 
 
 def main() -> None:
