@@ -12,9 +12,14 @@ DDIM = ("x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ_t²) ε + σ_t z
         "and σ_t = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev) (DDIM eqs. 12 and 16)")
 
 
-def _ddim_by_hand(x, ab, abp, eps, eta, z, sqrt_x0=True, minus_sigma=True, noise=True):
+def _ddim_by_hand(x, ab, abp, eps, eta, z, sqrt_x0=True, minus_sigma=True, noise=True,
+                  clip=None, recompute_eps=False):
     """The DDIM step written out, with switches that reproduce the usual mistakes."""
     x0 = (x - (1 - ab).sqrt() * eps) / (ab.sqrt() if sqrt_x0 else ab)
+    if clip is not None:
+        x0 = x0.clamp(*clip)
+        if recompute_eps:
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
     direction = (1 - abp - (sigma ** 2 if minus_sigma else 0)).clamp(min=0).sqrt() * eps
     return abp.sqrt() * x0 + direction + (sigma * z if noise else 0)
@@ -59,6 +64,15 @@ def check_ddim_step(fn, *, strict: bool = False, verbose: bool = True, seed: int
              _ddim_by_hand(x_t, ab, abp, eps, eta, z, minus_sigma=False)),
             (f"missing square root on ᾱ_t in x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t. {DDIM}.",
              _ddim_by_hand(x_t, ab, abp, eps, eta, z, sqrt_x0=False)),
+            ("x̂_0 is clipped to [0, 1], but the model's data lie in [−1, 1] (to_model_range); "
+             "the plain step does not clip: x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t.",
+             _ddim_by_hand(x_t, ab, abp, eps, eta, z, clip=(0, 1))),
+            ("x̂_0 is clipped to [−1, 1] while ε is kept: the plain step does not clip; to clip, "
+             "recompute ε = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t) from the clipped x̂_0, as the samplers' "
+             "clip_denoised=True does.", _ddim_by_hand(x_t, ab, abp, eps, eta, z, clip=(-1, 1))),
+            ("x̂_0 is clipped to [−1, 1] (and ε recomputed, as the samplers' clip_denoised=True "
+             "does); this check expects the plain step, without clipping.",
+             _ddim_by_hand(x_t, ab, abp, eps, eta, z, clip=(-1, 1), recompute_eps=True)),
             ("t_prev = −1 means ᾱ_prev = 1 (the step to x_0), but alphas_cumprod[-1] wraps "
              "around to the last entry (that is why x_prev is NaN there: √ of 1 − ᾱ_t/ᾱ_prev < 0); "
              "use torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], 1.0).",
