@@ -125,6 +125,13 @@ def test_the_watch_catches_copies_of_package_code_and_lets_helpers_through():
     with watch:
         namespace["answer"](10)
     assert watch.entered == ["schedules.cosine_beta_schedule"]
+    through = compile("def answer(T):\n    dt.utils.wall_times(functools.partial(copy, T), 1, 0)\n",
+                      sandbox.STUDENT_FILE.format(5), "exec")  # called from the package's utils
+    namespace["functools"] = __import__("functools")
+    exec(through, namespace)
+    with watch:
+        namespace["answer"](10)
+    assert watch.entered == ["schedules.cosine_beta_schedule"]
 
 
 def test_the_watch_notes_an_answer_that_switches_it_off():

@@ -54,7 +54,8 @@ _get_ident = threading.get_ident
 STUDENT_FILE = "<student notebook cell {}>"
 ALLOWED_HELPERS = {"ddim_timesteps", "extract"}  # helpers the questions offer
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-HARMLESS_FILES = {os.path.abspath(__file__), os.path.join(PACKAGE_DIR, "utils.py")}  # ours; seeds, devices
+UTILS_FILE = os.path.join(PACKAGE_DIR, "utils.py")  # seeds, devices, timing: no answers
+HARMLESS_FILES = {os.path.abspath(__file__), UTILS_FILE}  # this file (the Tracer's) and utils
 # calls inside an answer that switch the watch off or reach into the process
 TAMPERING_CALLS = {sys.setprofile: "sys.setprofile", sys.settrace: "sys.settrace",
                    threading.setprofile: "threading.setprofile", threading.settrace: "threading.settrace",
@@ -231,7 +232,7 @@ class PackageWatch:
         if not self._package(code) or code.co_filename in HARMLESS_FILES or code in self.allowed:
             return
         caller = frame.f_back
-        if caller is not None and self._package(caller.f_code):
+        if caller is not None and self._package(caller.f_code) and caller.f_code.co_filename != UTILS_FILE:
             return  # inside the package (or inside an allowed helper): not an entry
         module = code.co_filename[len(PACKAGE_DIR):].rsplit(".", 1)[0].replace(os.sep, ".")
         label = f"{module}.{getattr(code, 'co_qualname', code.co_name)}"
