@@ -200,50 +200,27 @@ def cell(value):
 
 # ============================================================ the grading environment
 def site_roots() -> set[str]:
-    """The folders whose Python files every later Python process may run: site-packages (and
-    the user site, where enabled) and this package's own folder."""
-    import site
-    import sysconfig
-    roots = set(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
-    roots |= {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    if site.ENABLE_USER_SITE and site.getusersitepackages():
-        roots.add(site.getusersitepackages())
-    try:
-        import diffusion_tutorial
-        roots.add(str(Path(diffusion_tutorial.__file__).parent))
-    except ImportError:
-        pass
-    return roots
+    """The folders whose Python files every later Python process may run
+    (:func:`diffusion_tutorial.checks.environment.python_roots`)."""
+    from diffusion_tutorial.checks.environment import python_roots
+    return python_roots()
 
 
 def site_fingerprint() -> dict[str, tuple]:
-    """{path: (size, mtime)} of the Python files (``.py``, ``.pth``, ``.pyc``, ``.so``) under
-    :func:`site_roots`."""
-    found = {}
-    for root in site_roots():
-        for folder, _, files in os.walk(root):
-            for name in files:
-                if name.endswith((".py", ".pth", ".pyc", ".so")):
-                    path = os.path.join(folder, name)
-                    try:
-                        st = os.stat(path)
-                    except OSError:
-                        continue
-                    found[path] = (st.st_size, st.st_mtime_ns)
-    return found
+    from diffusion_tutorial.checks.environment import fingerprint
+    return fingerprint(site_roots())
 
 
 def changed_files(before: dict, after: dict) -> list[str]:
-    """Files added, removed or changed between two fingerprints (``__pycache__`` files made for
-    a new module are not counted; changed ones are)."""
-    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p)
-                  and not (p not in before and "__pycache__" in p))
+    from diffusion_tutorial.checks.environment import changed_files as changed
+    return changed(before, after)
 
 
-def short_feedback(graded: dict) -> str:
-    """One line per question below full marks: the first message that names a problem."""
+def short_feedback(graded: dict, scores: dict) -> str:
+    """One line per question below full marks (in ``scores``, what the CSV keeps): the first
+    message that names a problem."""
     parts = []
-    for question, (score, possible) in graded.get("scores", {}).items():
+    for question, (score, possible) in scores.items():
         if score >= possible:
             continue
         lines = [line.strip() for line in graded.get("feedback", {}).get(question, "").splitlines()]
@@ -254,12 +231,13 @@ def short_feedback(graded: dict) -> str:
     return " | ".join(parts) if parts else ("all autograded questions passed" if "scores" in graded else "")
 
 
-def write_feedback(path: Path, student: str, submission: Path, graded: dict, flags: list, info: dict):
+def write_feedback(path: Path, student: str, submission: Path, graded: dict, scores: dict, flags: list,
+                   info: dict):
     lines = [f"Feedback for {student} ({submission.name})", ""]
     if "scores" in graded:
-        total = sum(s for s, _ in graded["scores"].values())
-        lines += [f"Autograded: {total:g} of {sum(m for _, m in graded['scores'].values()):g} points", ""]
-        for question, (score, possible) in graded["scores"].items():
+        total = sum(s for s, _ in scores.values())
+        lines += [f"Autograded: {total:g} of {sum(m for _, m in scores.values()):g} points", ""]
+        for question, (score, possible) in scores.items():
             lines += [f"== {question}: {score:g}/{possible:g}",
                       graded["feedback"].get(question, "").rstrip(), ""]
     else:
@@ -302,14 +280,18 @@ def main(argv=None) -> int:
     students = [identify(s, nb)[0] for s, nb in zip(submissions, notebooks)]
     fingerprint = [site_fingerprint()]
     environment: dict[int, list[str]] = {}  # submission index -> files changed while it ran
+    after_change: dict[int, list[str]] = {}  # submission index -> submissions that changed them before
 
     def run(index):
+        earlier = [submissions[i].name for i in list(environment)]
         result = grade_one(submissions[index], autograder, args.timeout, students[index])
         now = site_fingerprint()
         changed = changed_files(fingerprint[0], now)
         if changed:
             environment[index] = changed
             fingerprint[0] = now
+        if earlier:
+            after_change[index] = earlier
         return result
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
@@ -336,26 +318,33 @@ def main(argv=None) -> int:
                 flags.append("the grading environment changed while this submission (or one graded at "
                              f"the same time) ran: {', '.join(environment[index][:3])}: rebuild it and "
                              "grade again")
+            if index in after_change:  # its grader may have run what an earlier submission wrote
+                flags.append("graded after the grading environment changed (while "
+                             f"{', '.join(after_change[index][:3])} ran): grade it again in a fresh one")
             scores, dropped = trusted_scores(g, info["points"], tampered)
             flags += dropped
             total = sum(s for s, _ in scores.values())
             possible = sum(m for _, m in scores.values()) if scores else full
             writer.writerow([cell(v) for v in [
                 student, submission.name, *(scores.get(q, ("", ""))[0] for q in questions), total, possible,
-                *([""] * len(written)), "; ".join(flags), short_feedback(g), g.get("error", "")]])
+                *([""] * len(written)), "; ".join(flags), short_feedback(g, scores), g.get("error", "")]])
             name = f"{student}__{submission.stem}" if others else student  # one file each
             safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", name).lstrip(".") or "unknown"
             while safe.lower() in used:  # two identifiers that differ only in the characters replaced
                 safe = f"{safe}_{index}"
             used.add(safe.lower())
-            write_feedback(feedback_dir / f"{safe}.txt", student, submission, g, flags, info)
+            write_feedback(feedback_dir / f"{safe}.txt", student, submission, g, scores, flags, info)
             status = f"{total:g}/{possible:g}" if scores else f"ERROR {g.get('error')}"
             print(f"{student} ({submission.name}): {status}"
                   + (f"  FLAGS: {'; '.join(flags)}" if flags else ""))
     if info["written"]:
         write_rubric(out.with_name(f"{out.stem}_rubric.md"), info)
     print(f"wrote {out} and the feedback files in {feedback_dir}")
-    return 0 if all("scores" in g for g in graded) else 1
+    if environment:
+        print("WARNING: the grading environment changed while grading "
+              f"{', '.join(submissions[i].name for i in environment)}: rebuild it and grade again",
+              file=sys.stderr)
+    return 0 if all("scores" in g for g in graded) and not environment else 1
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ REACHING = {  # each reaches into the grader's process or files; none needs an h
     "cell magic": "%%writefile tests/bonus.py\npoints = 100\n",
     "grader's module": "from diffusion_tutorial.checks.questions import ASSIGNMENTS\n",
     "profiler": "import sys\nsys.setprofile(None)\n",
+    "torch.save": "torch.save({}, 'zzz.pth')\n",
+    "numpy.save imported": "from numpy import save\nsave('x.npy', [1])\n",
+    "write_text": "from pathlib import Path\nPath('sitecustomize.py').write_text('import os')\n",
 }
 if sys.version_info >= (3, 10):
     REACHING["match"] = "match dt.schedules:\n    case object(__dict__=d):\n        pass\n"

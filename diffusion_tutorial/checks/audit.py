@@ -69,7 +69,11 @@ PROCESS_ATTRIBUTES = frozenset({
     "TorchDispatchMode", "mock", "monkeypatch", "f_locals", "f_globals", "f_back", "f_code",
     "f_builtins", "tb_frame", "tb_next", "gi_frame", "cr_frame", "ag_frame", "co_code",
     "co_consts", "co_names", "co_filename", "ctypeslib", "exec", "eval", "__import__", "globals",
-    "locals", "vars", "breakpoint", "get_ipython"})
+    "locals", "vars", "breakpoint", "get_ipython", "multiprocessing", "cpp_extension", "load_inline",
+    "hub", "f2py", "tofile", "savetxt", "loadtxt", "genfromtxt", "fromfile", "memmap", "savez",
+    "savez_compressed", "write_text", "write_bytes", "read_text", "read_bytes"})
+# Functions that read or write files (a .pth or sitecustomize.py runs in every later process).
+FILE_FUNCTIONS = frozenset({"torch.save", "torch.load", "numpy.save", "numpy.load"})
 # Dunder attributes an honest notebook may read, and dunder methods it may define.
 PLAIN_DUNDERS = frozenset({"__init__", "__name__", "__qualname__", "__doc__", "__version__", "__class__"})
 PLAIN_DUNDER_METHODS = frozenset({"__init__", "__call__", "__repr__", "__str__", "__len__", "__getitem__",
@@ -155,6 +159,8 @@ class _Auditor(ast.NodeVisitor):
             self.aliases[a.asname or a.name] = f"{module}.{a.name}"
             self._check_module(f"{module}.{a.name}")
             self._attribute_name(a.name, f"{module}.{a.name}")
+            if f"{module}.{a.name}" in FILE_FUNCTIONS:
+                self.tamper(f"{module}.{a.name}")
             if self.function and module.startswith("diffusion_tutorial") and a.name in ANSWER_NAMES:
                 self.flag(f"{self.function} imports the package's {a.name} inside the answer")
 
@@ -271,7 +277,8 @@ class _Auditor(ast.NodeVisitor):
                 or (node.attr != "sample" and (dotted or "").split(".")[0] != "self")):
             self.flag(f"{self.function} calls the package's {node.attr} ({dotted or node.attr})")
         self._attribute_name(node.attr, dotted or f"...{node.attr}")
-        if full and full.split(".")[0] == "builtins" and node.attr in PROCESS_NAMES:
+        builtin = full and full.split(".")[0] == "builtins" and node.attr in PROCESS_NAMES
+        if full in FILE_FUNCTIONS or builtin:
             self.tamper(dotted)
         self.generic_visit(node)
 

@@ -38,6 +38,7 @@ from otter.plugins import AbstractOtterPlugin
 from otter.test_files.abstract_test import TestCase, TestCaseResult
 
 from .classroom import student_id, student_id_literal
+from .environment import changed_files, fingerprint, python_roots
 from .otter_hardening import harden_otter
 from .questions import ASSIGNMENTS
 from .verify import Verdict, Verification, verify_notebook
@@ -46,6 +47,10 @@ STUDENT_ID_ENV = "DIFFUSION_TUTORIAL_STUDENT_ID"
 PLUGIN_NAME = "diffusion_tutorial.checks.otter_plugin.ClassroomPlugin"
 # what a submission folder holds besides the notebook: Otter's own files and the tests it copies
 OTTER_FILES = {"__init__.py", "tests", ".OTTER_LOG", "__zip_filename__", "__pycache__"}
+
+
+class EnvironmentChanged(RuntimeError):
+    """The notebook changed Python files of the grading environment."""
 
 
 def brought_files(notebook: str) -> list[str]:
@@ -84,11 +89,22 @@ class ClassroomPlugin(AbstractOtterPlugin):
     unhardened: list = ()
 
     brought: list = ()
+    environment: dict = None  # the fingerprint of the Python files before the notebook runs
+
+    def _python_files(self) -> dict:
+        return fingerprint(python_roots(exclude=[str(Path(self.submission_path).parent.parent)]))
+
+    def _check_environment(self) -> None:
+        changed = changed_files(self.environment, self._python_files()) if self.environment else []
+        if changed:
+            raise EnvironmentChanged("the notebook changed Python files that the grader runs: "
+                                     + ", ".join(changed[:3]))
 
     def before_grading(self, config) -> None:
         self.unhardened = harden_otter()
         self.points = test_points("tests")
         self.brought = brought_files(self.submission_path)
+        self.environment = self._python_files()
 
     def before_execution(self, submission):
         self.unhardened = self.unhardened or harden_otter()
@@ -116,11 +132,14 @@ class ClassroomPlugin(AbstractOtterPlugin):
             if nb is None:
                 nb = json.loads(Path(self.submission_path).read_text(encoding="utf-8"))
             sid, flags = self._student_id(nb)
+            self._check_environment()  # what the kernel wrote would run in the grader's fresh process
             self.verification = verify_notebook(
                 nb, config["assignment"], sid, secret=str(config.get("secret", "")),
                 notebook_dir=str(Path(self.submission_path).parent), timeout=int(config.get("timeout", 600)))
+            self._check_environment()  # what the fresh process wrote would run in later ones
         except Exception as e:  # noqa: BLE001 - never let the kernel's scores stand unverified
-            reason = f"the classroom plugin failed ({type(e).__name__}: {e})"
+            reason = (f"not graded automatically: {e}" if isinstance(e, EnvironmentChanged)
+                      else f"the classroom plugin failed ({type(e).__name__}: {e})")
             names = [q.name for q in ASSIGNMENTS.get(config.get("assignment"), [])] or list(results.results)
             self.verification = Verification(questions={n: Verdict(False, reason) for n in names},
                                              flags=[reason], error=reason)
