@@ -42,8 +42,9 @@ def guidance_sweep(model, diffusion, scales: Sequence[float], n_per_class: int, 
                    seed: int = 0, batch_size: int = 500, clip_denoised: bool = True,
                    progress: bool = False) -> tuple[dict, torch.Tensor]:
     """Sample ``n_per_class`` images of every class at each guidance scale w in ``scales``
-    with DDIM (``steps``, ``eta``). Every scale starts from the same x_T and draws the same
-    sampler noise (the generator is re-seeded with ``seed`` per scale and per batch).
+    with DDIM (``steps``, ``eta``; x̂_0 clipped to [−1, 1] with ``clip_denoised``). Every
+    scale starts from the same x_T and draws the same sampler noise (the generator is
+    re-seeded with ``seed`` per scale and per batch).
 
     Returns ``(samples, labels)``: ``samples[w]`` is (N, *shape) in [−1, 1] on the CPU,
     ``labels`` the (N,) requested classes (:func:`class_labels`)."""
@@ -58,9 +59,10 @@ def guidance_sweep(model, diffusion, scales: Sequence[float], n_per_class: int, 
         for start in range(0, len(labels), batch_size):
             y = labels[start:start + batch_size].to(device)
             gen = torch.Generator().manual_seed(seed + start)
-            x = ddim_sample(diffusion, model, (len(y), *shape), steps=steps, eta=eta, y=y,
-                            guidance_scale=float(w), generator=gen, device=device,
-                            clip_denoised=clip_denoised, progress=progress)
+            # w = 0 is the unconditional model: one network call per step instead of two
+            x = ddim_sample(diffusion, model, (len(y), *shape), steps=steps, eta=eta,
+                            y=None if w == 0 else y, guidance_scale=float(w), generator=gen,
+                            device=device, clip_denoised=clip_denoised, progress=progress)
             parts.append(x.clamp(-1, 1).float().cpu())
         samples[float(w)] = torch.cat(parts)
     return samples, labels
@@ -125,3 +127,22 @@ def summary_rows(metrics: dict) -> list[dict]:
     keep = ("w", "n", "class_match", "class_match_se", "confident_share", "class_entropy",
             "fid", "fid_se", "fid_floor")
     return [{k: m[k] for k in keep} for m in metrics.values()]
+
+
+def sweep_report(model, diffusion, scales: Sequence[float], n_per_class: int, *, steps: int = 25,
+                 eta: float = 1.0, seed: int = 0, n_boot: int = 200, grid_scale: float = 3.0,
+                 grid_columns: int = 8) -> tuple[dict, torch.Tensor]:
+    """The guidance sweep as a shipped model records it: ``(report, grid)``, where
+    ``report`` holds the sampler settings and :func:`summary_rows` (JSON-ready), and
+    ``grid`` is ``grid_columns`` samples of each class (one class per row) at ``grid_scale``
+    (or the last scale), for a PNG."""
+    samples, labels = guidance_sweep(model, diffusion, scales, n_per_class, steps=steps, eta=eta,
+                                     seed=seed)
+    metrics = measure_guidance(samples, labels, n_boot=n_boot, seed=seed)
+    report = {"sampler": f"ddim, {steps} steps, eta={eta:g}, x0 clipped to [-1, 1]",
+              "seed": seed, "n_per_class": n_per_class, "n_boot": n_boot,
+              "rows": summary_rows(metrics)}
+    w = float(grid_scale) if float(grid_scale) in samples else float(scales[-1])
+    x = samples[w]
+    per_class = x.view(-1, n_per_class, *x.shape[1:])[:, :grid_columns]   # (classes, cols, C, H, W)
+    return report, per_class.reshape(-1, *x.shape[1:])

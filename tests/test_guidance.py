@@ -8,7 +8,7 @@ import torch
 
 import diffusion_tutorial as dt
 from diffusion_tutorial.guidance import (class_labels, compare, guidance_sweep, measure_guidance,
-                                         summary_rows)
+                                         summary_rows, sweep_report)
 from diffusion_tutorial.metrics import real_digits
 from diffusion_tutorial.data import get_dataset
 
@@ -94,3 +94,16 @@ def test_compare_gives_paired_differences(real_with_labels):
         compare(m, 0.0, 1.0, key="entropy")
     rows = summary_rows(m)
     assert [r["w"] for r in rows] == [0.0, 1.0] and "match" not in rows[0]
+
+
+def test_sweep_report_is_json_ready_with_one_row_per_scale_and_a_class_per_grid_row():
+    import json
+    config = dt.get_config("tiny", class_conditional=True, image_size=28)
+    torch.manual_seed(0)
+    model = config.build_model().eval()
+    report, grid = sweep_report(model, config.build_diffusion(), [0, 1, 3], 2, steps=2, n_boot=5,
+                                grid_columns=2)
+    assert [row["w"] for row in report["rows"]] == [0.0, 1.0, 3.0]
+    assert report["n_per_class"] == 2 and report["rows"][0]["n"] == 20
+    json.dumps(report)
+    assert grid.shape == (20, 1, 28, 28)
