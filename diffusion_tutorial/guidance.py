@@ -23,8 +23,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .metrics import (classify, class_entropy, confident_share, evaluate_samples,
-                      fid_from_features, frechet_distance, gaussian_stats, real_digits)
+from .data import dataset_tensors, get_dataset
+from .metrics import (classify, class_entropy, confident_share, fid_from_features, frechet_distance,
+                      gaussian_stats, real_digits)
 from .samplers import ddim_sample
 
 
@@ -68,6 +69,19 @@ def guidance_sweep(model, diffusion, scales: Sequence[float], n_per_class: int, 
     return samples, labels
 
 
+def _held_out_like(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Held-out real digits (never trained on) with the class counts of ``labels``, capped
+    at the 50 per class the held-out split has: the real-vs-real floor of a class-balanced
+    sweep at (nearly) its sample size."""
+    images, targets = dataset_tensors(get_dataset("mnist-sample", train=False))
+    gen = torch.Generator().manual_seed(seed)
+    pick = []
+    for k, count in enumerate(torch.bincount(labels).tolist()):
+        idx = (targets == k).nonzero().flatten()
+        pick.append(idx[torch.randperm(len(idx), generator=gen)[:count]])
+    return images[torch.cat(pick)]
+
+
 def _bootstrap_fids(feats: torch.Tensor, ref_stats, n_boot: int, seed: int) -> np.ndarray:
     """FIDs of ``n_boot`` resamples (with replacement) of ``feats``; seeded, so samples of
     the same size get the same resampling indices."""
@@ -83,9 +97,12 @@ def measure_guidance(samples: dict, labels: torch.Tensor, *, n_boot: int = 100, 
 
     Returns ``{w: metrics}`` with ``n``, ``class_match`` and ``class_match_se``,
     ``confident_share``, ``class_entropy``, ``fid`` and ``fid_se`` (bootstrap, ``n_boot``
-    resamples), ``fid_floor`` (held-out real digits against the same reference, at
-    ``min(n, 500)`` digits) and, for :func:`compare`, the per-sample ``match`` (N,) and the
-    bootstrap FIDs ``fid_boot``."""
+    resamples), ``fid_floor`` (held-out real digits with the same class counts against the
+    same reference; ``n_floor`` of them, at most 50 per class) and, for :func:`compare`,
+    the per-sample ``match`` (N,) and the bootstrap FIDs ``fid_boot``.
+
+    The FID is biased upwards at small n (by roughly the floor), so compare FIDs only at equal
+    sample sizes."""
     labels = torch.as_tensor(labels).cpu()
     ref_feats, _ = classify(real_digits(train=True), classifier)
     ref_stats = gaussian_stats(ref_feats)
@@ -98,14 +115,14 @@ def measure_guidance(samples: dict, labels: torch.Tensor, *, n_boot: int = 100, 
         match = (logits.argmax(-1) == labels).double().numpy()
         p, n = float(match.mean()), len(match)
         if floor is None:
-            floor = evaluate_samples(real_digits(min(n, 500), train=False), classifier=classifier,
-                                     floor=False)["fid"]
+            real = _held_out_like(labels, seed)
+            floor = (fid_from_features(classify(real, classifier)[0], ref_feats), len(real))
         boot = _bootstrap_fids(feats, ref_stats, n_boot, seed)
         out[w] = {"w": float(w), "n": n, "class_match": p,
                   "class_match_se": math.sqrt(p * (1 - p) / n),
                   "confident_share": confident_share(logits), "class_entropy": class_entropy(logits),
                   "fid": fid_from_features(feats, ref_feats), "fid_se": float(boot.std(ddof=1)),
-                  "fid_floor": floor, "match": match, "fid_boot": boot}
+                  "fid_floor": floor[0], "n_floor": floor[1], "match": match, "fid_boot": boot}
     return out
 
 
@@ -125,7 +142,7 @@ def compare(metrics: dict, w_a: float, w_b: float, key: str = "class_match") -> 
 def summary_rows(metrics: dict) -> list[dict]:
     """The JSON-friendly part of :func:`measure_guidance`'s output, one row per scale."""
     keep = ("w", "n", "class_match", "class_match_se", "confident_share", "class_entropy",
-            "fid", "fid_se", "fid_floor")
+            "fid", "fid_se", "fid_floor", "n_floor")
     return [{k: m[k] for k in keep} for m in metrics.values()]
 
 

@@ -107,3 +107,17 @@ def test_sweep_report_is_json_ready_with_one_row_per_scale_and_a_class_per_grid_
     assert report["n_per_class"] == 2 and report["rows"][0]["n"] == 20
     json.dumps(report)
     assert grid.shape == (20, 1, 28, 28)
+
+
+def test_the_floor_uses_held_out_digits_with_the_same_class_counts():
+    from diffusion_tutorial.guidance import _held_out_like
+    data = get_dataset("mnist-sample", train=False)
+    labels = torch.tensor([3] * 20 + [7] * 60)
+    real = _held_out_like(labels, seed=0)
+    assert len(real) == 20 + 50          # 50 held-out digits per class at most
+    held = real_digits(train=False)
+    targets = torch.tensor([data[i][1] for i in range(len(data))])
+    # every picked digit is a held-out 3 or 7, and no digit is picked twice
+    found = [int(torch.nonzero((held == x).flatten(1).all(1)).flatten()[0]) for x in real]
+    assert len(set(found)) == len(found)
+    assert sorted(targets[found].tolist()) == [3] * 20 + [7] * 50
