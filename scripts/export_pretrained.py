@@ -13,6 +13,9 @@ numbers in the JSON describe exactly what ``load_pretrained`` returns.
         --command "python -m diffusion_tutorial train --preset quick ..." [--n-eval 500] \
         [--eval-steps 100,50 --eval-etas 1,0]
 
+A class-conditional run (``train --class-conditional``) is measured by its guidance sweep
+instead (``--guidance-scales``, ``--n-per-class``; see ``diffusion_tutorial.guidance``).
+
 After the metrics classifier changes, ``--remeasure`` recomputes only the metrics of the
 weights already shipped (they and their checksum stay as they are):
 
@@ -30,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion_tutorial import ddim_sample, set_seed
+from diffusion_tutorial.guidance import sweep_report
 from diffusion_tutorial.metrics import evaluate_samples
 from diffusion_tutorial.pretrained import PRETRAINED_DIR, load_pretrained, sha256_file
 from diffusion_tutorial.train import load_run, save_samples
@@ -51,6 +55,10 @@ def main() -> None:
                    help="DDIM eta values to measure with each step count; the first step count "
                         "with the first eta gives the headline metrics and the PNG")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--guidance-scales", default="0,1,3,5,8",
+                   help="class-conditional models only: the guidance scales w of the sweep")
+    p.add_argument("--n-per-class", type=int, default=100,
+                   help="class-conditional models only: samples per class and guidance scale")
     args = p.parse_args()
     out = Path(args.out)
     if args.remeasure:
@@ -94,6 +102,8 @@ def measure(info: dict, args, out: Path) -> None:
     with every (DDIM steps, eta) pair, and store the metrics (and the first pair's grid)
     next to the weights."""
     model, diffusion, _ = load_pretrained(args.name, device="cpu", directory=out)
+    if info["model"].get("num_classes"):
+        return measure_conditional(info, args, out, model, diffusion)
     by_sampler = []
     settings = [(int(steps), float(eta)) for steps in str(args.eval_steps).split(",")
                 for eta in args.eval_etas.split(",")]
@@ -112,6 +122,17 @@ def measure(info: dict, args, out: Path) -> None:
     info["metrics_other_samplers"] = by_sampler[1:]
     (out / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(by_sampler, indent=2))
+
+
+def measure_conditional(info: dict, args, out: Path, model, diffusion) -> None:
+    """A class-conditional model: the guidance sweep (every class at each scale, from the same
+    noise) as ``guidance_sweep`` in the JSON; its w = 1 row is the headline ``metrics``."""
+    scales = [float(w) for w in args.guidance_scales.split(",")]
+    info["guidance_sweep"], grid = sweep_report(model, diffusion, scales, args.n_per_class)
+    info["metrics"] = next(row for row in info["guidance_sweep"]["rows"] if row["w"] == 1.0)
+    save_samples(grid, out / f"{args.name}_samples.png", nrow=len(grid) // model.num_classes)
+    (out / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info["guidance_sweep"], indent=2))
 
 
 if __name__ == "__main__":
