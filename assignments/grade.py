@@ -18,6 +18,14 @@ need an instructor's look (rebound functions, reference solutions imported, dele
 package, hard-coded numbers, a shared identifier), a short feedback summary and any error.
 Beside it: one feedback file per student (Otter's message for every test) and the rubric of
 the written questions.
+
+What the CSV trusts: a question scores at most its points in the autograder zip, and only the
+zip's questions count; a submission whose source reaches into the Python process or the
+grader's files (the audit's tampering findings), or whose Otter run has no report from the
+classroom plugin, scores 0 everywhere with a flag. Text cells that a spreadsheet would read
+as a formula are written with a leading apostrophe. Python files that change under the
+grading environment's site-packages while a submission runs are flagged: one submission's
+code could change how the next ones are graded (rebuild the environment and grade again).
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ from typing import Optional
 
 PLUGIN = "diffusion_tutorial.checks.otter_plugin.ClassroomPlugin"
 STUDENT_ID_ENV = "DIFFUSION_TUTORIAL_STUDENT_ID"
+PLUGIN_REPORT = "Run again outside the notebook"  # the first line of the plugin's report
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 
 
 def find_submissions(paths: list[str]) -> list[Path]:
@@ -95,6 +105,10 @@ def _otter_run(submission: Path, autograder: Path, timeout: int, student_id: str
                     "output": output}
         data = json.loads(results.read_text())
     tests = [t for t in data["tests"] if "score" in t]
+    if not tests:  # Otter could not read the kernel's results, for example: its last words
+        said = [line for t in data["tests"] for line in str(t.get("output", "")).splitlines() if line.strip()]
+        return {"error": f"Otter gave no scores: {said[-1].strip() if said else 'no tests ran'}",
+                "report": data.get("output", "")}
     return {"scores": {t["name"]: (t["score"], t["max_score"]) for t in tests},
             "feedback": {t["name"]: t.get("output", "") for t in tests},
             "report": data.get("output", "")}
@@ -138,28 +152,75 @@ def read_notebook(submission: Path) -> Optional[dict]:
         return None
 
 
-def static_flags(nb: Optional[dict], assignment: str) -> list[str]:
-    """The audit of the notebook's source (diffusion_tutorial.checks.classroom)."""
+def static_flags(nb: Optional[dict], assignment: str) -> tuple[list[str], list[str]]:
+    """The audit of the notebook's source (diffusion_tutorial.checks.classroom): (flags, the
+    tampering among them)."""
     if nb is None:
-        return []
-    from diffusion_tutorial.checks.classroom import audit_notebook  # the grading environment's
+        return [], []
+    from diffusion_tutorial.checks.classroom import audit_findings, tampering  # the grader's own
     from diffusion_tutorial.checks.questions import ASSIGNMENTS
     graded = [f for q in ASSIGNMENTS.get(assignment, []) for f in q.graded]
-    return audit_notebook(nb, graded)
+    findings = audit_findings(nb, graded)
+    return [f.text for f in findings], tampering(findings)
 
 
 def identify(submission: Path, nb: Optional[dict]) -> tuple[str, str]:
-    """(student identifier, where it came from)."""
-    if nb is None:
+    """(student identifier, where it came from); the file name for anything unreadable."""
+    if not isinstance(nb, dict):
         return submission.stem, "file name"
     from diffusion_tutorial.checks.classroom import student_id
     return student_id(nb, submission.stem)
 
 
-def short_feedback(graded: dict) -> str:
-    """One line per question below full marks: the first message that names a problem."""
+def trusted_scores(graded: dict, points: dict, tampered: list[str]) -> tuple[dict, list[str]]:
+    """The scores the CSV keeps, and why others were dropped: only the autograder's questions,
+    each at most its points; none without the classroom plugin's report or with tampering."""
+    scores, flags = {}, []
+    for question, (score, _) in graded.get("scores", {}).items():
+        if points and question not in points:
+            flags.append(f"Otter reported a test {question!r} that the autograder does not have")
+            continue
+        possible = points.get(question, _)
+        scores[question] = (max(0.0, min(float(score), possible)), possible)
+    reason = ""
+    if tampered:
+        reason = "not graded automatically (the source reaches into the grader)"
+    elif scores and points and PLUGIN_REPORT not in graded.get("report", ""):
+        reason = "the classroom plugin did not report: not graded automatically"
+    if reason:
+        flags.append(reason)
+        scores = {q: (0.0, m) for q, (_, m) in scores.items()}
+    return scores, flags
+
+
+def cell(value):
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+# ============================================================ the grading environment
+def site_roots() -> set[str]:
+    """The folders whose Python files every later Python process may run
+    (:func:`diffusion_tutorial.checks.environment.python_roots`)."""
+    from diffusion_tutorial.checks.environment import python_roots
+    return python_roots()
+
+
+def site_fingerprint() -> dict[str, tuple]:
+    from diffusion_tutorial.checks.environment import fingerprint
+    return fingerprint(site_roots())
+
+
+def changed_files(before: dict, after: dict) -> list[str]:
+    from diffusion_tutorial.checks.environment import changed_files as changed
+    return changed(before, after)
+
+
+def short_feedback(graded: dict, scores: dict) -> str:
+    """One line per question below full marks (in ``scores``, what the CSV keeps): the first
+    message that names a problem."""
     parts = []
-    for question, (score, possible) in graded.get("scores", {}).items():
+    for question, (score, possible) in scores.items():
         if score >= possible:
             continue
         lines = [line.strip() for line in graded.get("feedback", {}).get(question, "").splitlines()]
@@ -170,12 +231,13 @@ def short_feedback(graded: dict) -> str:
     return " | ".join(parts) if parts else ("all autograded questions passed" if "scores" in graded else "")
 
 
-def write_feedback(path: Path, student: str, submission: Path, graded: dict, flags: list, info: dict):
+def write_feedback(path: Path, student: str, submission: Path, graded: dict, scores: dict, flags: list,
+                   info: dict):
     lines = [f"Feedback for {student} ({submission.name})", ""]
     if "scores" in graded:
-        total = sum(s for s, _ in graded["scores"].values())
-        lines += [f"Autograded: {total:g} of {sum(m for _, m in graded['scores'].values()):g} points", ""]
-        for question, (score, possible) in graded["scores"].items():
+        total = sum(s for s, _ in scores.values())
+        lines += [f"Autograded: {total:g} of {sum(m for _, m in scores.values()):g} points", ""]
+        for question, (score, possible) in scores.items():
             lines += [f"== {question}: {score:g}/{possible:g}",
                       graded["feedback"].get(question, "").rstrip(), ""]
     else:
@@ -216,9 +278,24 @@ def main(argv=None) -> int:
     submissions = find_submissions(args.submissions)
     notebooks = [read_notebook(s) for s in submissions]
     students = [identify(s, nb)[0] for s, nb in zip(submissions, notebooks)]
+    fingerprint = [site_fingerprint()]
+    environment: dict[int, list[str]] = {}  # submission index -> files changed while it ran
+    after_change: dict[int, list[str]] = {}  # submission index -> submissions that changed them before
+
+    def run(index):
+        earlier = [submissions[i].name for i in list(environment)]
+        result = grade_one(submissions[index], autograder, args.timeout, students[index])
+        now = site_fingerprint()
+        changed = changed_files(fingerprint[0], now)
+        if changed:
+            environment[index] = changed
+            fingerprint[0] = now
+        if earlier:
+            after_change[index] = earlier
+        return result
+
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        graded = list(pool.map(lambda s: grade_one(s[0], autograder, args.timeout, s[1]),
-                               zip(submissions, students)))
+        graded = list(pool.map(run, range(len(submissions))))
 
     questions = list(info["points"]) or sorted({q for g in graded for q in g.get("scores", {})})
     full = sum(info["points"].values()) or max(
@@ -228,29 +305,46 @@ def main(argv=None) -> int:
         writer = csv.writer(f)
         writer.writerow(["student", "submission", *questions, "total", "possible", *written,
                          "flags", "feedback", "error"])
-        for submission, nb, student, g in zip(submissions, notebooks, students, graded):
-            flags = static_flags(nb, info["assignment"])
+        used: set[str] = set()
+        rows = enumerate(zip(submissions, notebooks, students, graded))
+        for index, (submission, nb, student, g) in rows:
+            flags, tampered = static_flags(nb, info["assignment"])
             flags += [line[len("FLAG: "):] for line in g.get("report", "").splitlines()
                       if line.startswith("FLAG: ") and line[len("FLAG: "):] not in flags]
             others = [s.name for s, sid in zip(submissions, students) if sid == student and s != submission]
             if others:
                 flags.append(f"the same student identifier as {', '.join(others)}")
-            scores = g.get("scores", {})
+            if index in environment:
+                flags.append("the grading environment changed while this submission (or one graded at "
+                             f"the same time) ran: {', '.join(environment[index][:3])}: rebuild it and "
+                             "grade again")
+            if index in after_change:  # its grader may have run what an earlier submission wrote
+                flags.append("graded after the grading environment changed (while "
+                             f"{', '.join(after_change[index][:3])} ran): grade it again in a fresh one")
+            scores, dropped = trusted_scores(g, info["points"], tampered)
+            flags += dropped
             total = sum(s for s, _ in scores.values())
             possible = sum(m for _, m in scores.values()) if scores else full
-            writer.writerow([student, submission.name, *(scores.get(q, ("", ""))[0] for q in questions),
-                             total, possible, *([""] * len(written)), "; ".join(flags),
-                             short_feedback(g), g.get("error", "")])
+            writer.writerow([cell(v) for v in [
+                student, submission.name, *(scores.get(q, ("", ""))[0] for q in questions), total, possible,
+                *([""] * len(written)), "; ".join(flags), short_feedback(g, scores), g.get("error", "")]])
             name = f"{student}__{submission.stem}" if others else student  # one file each
-            safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", name) or "unknown"
-            write_feedback(feedback_dir / f"{safe}.txt", student, submission, g, flags, info)
+            safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", name).lstrip(".") or "unknown"
+            while safe.lower() in used:  # two identifiers that differ only in the characters replaced
+                safe = f"{safe}_{index}"
+            used.add(safe.lower())
+            write_feedback(feedback_dir / f"{safe}.txt", student, submission, g, scores, flags, info)
             status = f"{total:g}/{possible:g}" if scores else f"ERROR {g.get('error')}"
             print(f"{student} ({submission.name}): {status}"
                   + (f"  FLAGS: {'; '.join(flags)}" if flags else ""))
     if info["written"]:
         write_rubric(out.with_name(f"{out.stem}_rubric.md"), info)
     print(f"wrote {out} and the feedback files in {feedback_dir}")
-    return 0 if all("scores" in g for g in graded) else 1
+    if environment:
+        print("WARNING: the grading environment changed while grading "
+              f"{', '.join(submissions[i].name for i in environment)}: rebuild it and grade again",
+              file=sys.stderr)
+    return 0 if all("scores" in g for g in graded) and not environment else 1
 
 
 if __name__ == "__main__":

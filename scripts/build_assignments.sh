@@ -13,6 +13,8 @@
 #   DIR/NAME/autograder.zip           the autograder for `otter run`, grade.py and Gradescope
 # DIR defaults to assignments/dist (ignored by git). Unless --no-run-tests is given, Otter
 # Assign also grades the solution notebook and stops with an error below full marks.
+# A source whose classroom `secret` is empty (as in the public repository) gets a fresh random
+# one in the zip, so that nobody can work out a student's hidden inputs from the public sources.
 #
 # The zip's requirements (Gradescope installs them after otter-grader) are CPU torch and this
 # package, shipped inside the zip as a wheel with its own dependencies:
@@ -39,6 +41,15 @@ extra=()
 names=()
 python="${PYTHON:-python}"
 
+set_secret() {  # NOTEBOOK...: a fresh random classroom secret where the source's is empty
+    "$python" - "$@" <<'PY'
+import pathlib, secrets, sys
+for nb in map(pathlib.Path, sys.argv[1:]):
+    text = nb.read_text(encoding="utf-8")
+    nb.write_text(text.replace('secret: \\"\\"', f'secret: \\"{secrets.token_hex(16)}\\"', 1), encoding="utf-8")
+PY
+}
+
 export_private() {  # DIR
     local dest="$1"
     [[ -e "$dest" ]] && { echo "$dest exists: choose a new folder for the private repository" >&2; exit 1; }
@@ -47,12 +58,7 @@ export_private() {  # DIR
     cp "$root/assignments/grade.py" "$root/assignments/README.md" "$dest/assignments/"
     cp "$root/scripts/build_assignments.sh" "$dest/scripts/"
     printf 'assignments/dist/\n__pycache__/\n' > "$dest/.gitignore"
-    "$python" - "$dest/assignments/source" <<'PY'
-import pathlib, secrets, sys
-for nb in pathlib.Path(sys.argv[1]).glob("*.ipynb"):
-    text = nb.read_text(encoding="utf-8")
-    nb.write_text(text.replace('secret: \\"\\"', f'secret: \\"{secrets.token_hex(16)}\\"', 1), encoding="utf-8")
-PY
+    set_secret "$dest"/assignments/source/*.ipynb
     if command -v git >/dev/null; then
         git -C "$dest" init -q && git -C "$dest" add -A \
             && git -C "$dest" -c user.name=instructor -c user.email=instructor@localhost \
@@ -98,7 +104,7 @@ with open(sys.argv[2], "w", encoding="utf-8") as f:
 PY
             echo "wrote $2; build with: jupyter-book build . --config $2 --path-output _build/student"
             exit 0 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
         *) names+=("$1"); shift ;;
     esac
@@ -136,6 +142,7 @@ for name in "${names[@]}"; do
     work="$build/$name"
     mkdir -p "$work"
     cp "$src" "$work/"
+    set_secret "$work/$name.ipynb"
     cp -r "$build/wheels" "$work/"
     {
         echo "# The autograder's Python packages; Otter adds otter-grader. Gradescope unpacks the zip"

@@ -15,8 +15,10 @@ spec = importlib.util.spec_from_file_location("grade", ROOT / "assignments" / "g
 grade = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(grade)
 
-RESULTS = '{"tests": [{"name": "q_sample", "score": 1.0, "max_score": 1.0, "output": "ok"}]}'
-GRADED = {"scores": {"q_sample": (1.0, 1.0)}, "feedback": {"q_sample": "ok"}, "report": ""}
+REPORT = "Run again outside the notebook, on inputs of the student's own:\n  q_sample: passed"
+RESULTS = json.dumps({"tests": [{"name": "q_sample", "score": 1.0, "max_score": 1.0, "output": "ok"}],
+                      "output": REPORT})
+GRADED = {"scores": {"q_sample": (1.0, 1.0)}, "feedback": {"q_sample": "ok"}, "report": REPORT}
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +98,7 @@ def read_csv(path):
 
 def test_main_writes_the_error_into_the_csv_and_exits_1(monkeypatch, tmp_path):
     full = {"tests": [{"name": "q_sample", "score": 1.0, "max_score": 1.0, "output": "✅"},
-                      {"name": "posterior", "score": 2.0, "max_score": 2.0, "output": "✅"}]}
+                      {"name": "posterior", "score": 2.0, "max_score": 2.0, "output": "✅"}], "output": REPORT}
     run, _ = fake_otter([full, "SyntaxError: invalid syntax"])
     monkeypatch.setattr(grade.subprocess, "run", run)
     subs = [notebook(tmp_path / "a.ipynb", "s1"), notebook(tmp_path / "b.ipynb", "s2")]
@@ -122,7 +124,7 @@ def test_rows_are_keyed_by_the_student_id_feedback_and_flags(monkeypatch, tmp_pa
          "q_sample results:\n  ❌ Test case failed\n  AssertionError: check_q_sample: 0/7 parts passed\n"
          "    ✗ random t: missing square root on ᾱ_t\n"},
         {"name": "posterior", "score": 2.0, "max_score": 2.0, "output": "✅"}],
-        "output": "Run again:\nFLAG: rebinds torch.allclose (seen when the notebook ran)"}
+        "output": REPORT + "\nFLAG: rebinds torch.allclose (seen when the notebook ran)"}
     run, _ = fake_otter([failed, "ok", "ok"])
     monkeypatch.setattr(grade.subprocess, "run", run)
     subs = [notebook(tmp_path / "alice.ipynb", "s1", code="\ntorch.allclose = lambda *a, **k: True"),

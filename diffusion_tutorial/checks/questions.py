@@ -182,7 +182,7 @@ def _reference_ddim_loop(x_T, steps):
 
 def _check_sample_std(values: dict, student_id: str) -> Optional[str]:
     sample_std = values.get("sample_std")
-    if not isinstance(sample_std, dict) or sorted(sample_std) != [5, 10, 50]:
+    if not isinstance(sample_std, dict) or set(sample_std) != {5, 10, 50}:
         return "sample_std must be a dict with the keys 5, 10 and 50."
     x_T = experiment_x_T(student_id)
     for steps in (5, 10, 50):

@@ -9,6 +9,12 @@ package), and it computed its answer itself: while it runs, the package's own sc
 process, samplers and reference solutions return a deliberately changed result, so a
 function that delegates to them fails, and the report names the function it called.
 
+A notebook whose source reaches into the Python process or the grader's files (the audit's
+tampering findings, :mod:`.audit`), or that left a tracer, profiler or thread running or
+switched the profiler off, could have changed what the fresh process reports: none of its
+questions passes here, and an instructor reads it. So does a notebook whose run gave no
+report that can be read.
+
 The Otter plugin (:mod:`.otter_plugin`) calls this after Otter has graded a submission in the
 student's kernel and sets a question to 0 when it fails here. Chapter: For instructors.
 """
@@ -27,7 +33,9 @@ from typing import Optional
 
 import torch
 
-from .classroom import audit_notebook, code_cells, student_id_literal
+from .audit import TAMPERING
+from .cells import code_cells
+from .classroom import audit_findings, student_id_literal, tampering
 from .questions import ASSIGNMENTS, Question, question_seed
 
 
@@ -110,11 +118,17 @@ def _mismatch(got, expected, tolerance, label: str) -> Optional[str]:
     return None
 
 
+NOT_TRUSTED = "not graded automatically: the notebook {}; your instructor will read it"
+
+
 def _verdict(question: Question, calls, result: dict, student_id: str) -> Verdict:
     for call, answer in zip(calls, result["answers"]):
         if "origin" in answer:
             text = f"{call.function} is {answer['origin']}"
             return Verdict(False, f"{text}: write the function in the notebook", flag=text)
+        if answer.get("tampered"):
+            text = f"{call.function} calls {', '.join(answer['tampered'])} while it is graded"
+            return Verdict(False, NOT_TRUSTED.format(f"{TAMPERING} ({text})"), flag=text)
         called = answer.get("called") or []
         if called:
             text = f"{call.function} calls the package's {', '.join(called)}"
@@ -142,19 +156,27 @@ def run_sandbox(nb, notebook_dir: str, assignment: str, seeds: dict, timeout: in
         request, out = Path(tmp) / "request.json", Path(tmp) / "report.txt"
         request.write_text(json.dumps({"assignment": assignment, "seeds": seeds, "out": str(out),
                                        "cwd": notebook_dir, "cells": code_cells(nb)}), encoding="utf-8")
-        env = dict(os.environ, MPLBACKEND="Agg")
+        # started in this empty folder, not the notebook's, where files the notebook wrote
+        # (a `diffusion_tutorial/` or `torch.py` of its own) would be imported first
+        env = dict(os.environ, MPLBACKEND="Agg", PYTHONSAFEPATH="1")
         try:
             proc = subprocess.run([sys.executable, "-m", "diffusion_tutorial.checks.sandbox", str(request)],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=tmp,
                                   stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"the notebook did not finish within {timeout} s") from None
-        text = out.read_text(encoding="utf-8") if out.exists() else ""
+        text = out.read_text(encoding="utf-8", errors="replace") if out.exists() else ""
         if not text:
             tail = (proc.stderr or "").strip().splitlines()
             raise RuntimeError("the notebook stopped the grader's process before it reported"
                                + (f" ({tail[-1]})" if tail else f" (exit code {proc.returncode})"))
-        return read_report(text)
+        try:
+            report = read_report(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+            raise RuntimeError(f"the grader's process gave a report that cannot be read ({type(e).__name__})")
+        if not (isinstance(report, dict) and isinstance(report.get("questions"), dict)):
+            raise RuntimeError("the grader's process gave a report that cannot be read")
+        return report
 
 
 def verify_notebook(nb, assignment: str, student_id: str, *, secret: str = "",
@@ -164,22 +186,33 @@ def verify_notebook(nb, assignment: str, student_id: str, *, secret: str = "",
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"unknown assignment {assignment!r}: choose one of {', '.join(ASSIGNMENTS)}")
     questions = ASSIGNMENTS[assignment]
-    verification = Verification(flags=audit_notebook(nb, graded_functions(assignment)))
+    findings = audit_findings(nb, graded_functions(assignment))
+    verification = Verification(flags=[f.text for f in findings])
+    if tampering(findings):  # not run at all: nothing it would report could be trusted
+        message = NOT_TRUSTED.format(tampering(findings)[0][:300])
+        verification.questions = {q.name: Verdict(False, message) for q in questions}
+        return verification
     seeds = {q.name: question_seed(student_id, assignment, q.name, secret) for q in questions}
     try:
         report = run_sandbox(nb, notebook_dir or os.getcwd(), assignment, seeds, timeout)
-    except RuntimeError as e:
-        verification.error = str(e)
-        verification.questions = {q.name: Verdict(False, str(e)) for q in questions}
-        return verification
-    verification.flags += [f"rebinds {name} (seen when the notebook ran)" for name in report["rebound"]]
-    literal = student_id_literal(nb)
-    for q in questions:
-        calls = q.calls(torch.Generator().manual_seed(seeds[q.name]))
-        verdict = _verdict(q, calls, report["questions"][q.name], literal)
-        verification.questions[q.name] = verdict
-        if verdict.flag and verdict.flag not in verification.flags:
-            verification.flags.append(verdict.flag)
+        left = list(report.get("tampered") or [])
+        verification.flags += [f"rebinds {name} (seen when the notebook ran)" for name in report["rebound"]]
+        verification.flags += [f"left {what} running when its cells had run" for what in left]
+        literal = student_id_literal(nb)
+        for q in questions:
+            calls = q.calls(torch.Generator().manual_seed(seeds[q.name]))
+            verdict = (Verdict(False, NOT_TRUSTED.format(f"{TAMPERING} (it left {left[0]} running)")) if left
+                       else _verdict(q, calls, report["questions"][q.name], literal))
+            verification.questions[q.name] = verdict
+            if verdict.flag and verdict.flag not in verification.flags:
+                verification.flags.append(verdict.flag)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        reason = (str(e) if isinstance(e, RuntimeError)
+                  else f"its report could not be judged ({type(e).__name__})")
+        verification.error = reason
+        verification.questions = {q.name: Verdict(False, reason) for q in questions}
+        if not isinstance(e, RuntimeError):
+            verification.flags.append(f"the grader's process gave a report that cannot be judged: {reason}")
     return verification
 
 
