@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from .parameterization import PREDICTIONS, WEIGHTINGS
 from .schedules import SCHEDULES
 
 PRECISIONS = ("auto", "bf16", "no")
@@ -55,6 +56,9 @@ class TrainConfig:
     variance: str = "beta"
     beta_start: float = 1e-4              # linear schedule only (DDPM: 1e-4 .. 0.02)
     beta_end: float = 0.02
+    prediction: str = "eps"               # what the UNet outputs: "eps", "x0" or "v"
+    loss_weighting: str = "simple"        # or "min_snr" (with min_snr_gamma), "elbo"
+    min_snr_gamma: float = 5.0
     # ---- optimisation
     batch_size: int = 64                  # per process
     lr: float = 2e-4
@@ -131,7 +135,8 @@ class TrainConfig:
         if self.schedule == "linear":
             betas = linear_beta_schedule(self.timesteps, self.beta_start, self.beta_end)
         return GaussianDiffusion(betas, schedule=self.schedule, timesteps=self.timesteps,
-                                 variance=self.variance)
+                                 variance=self.variance, prediction=self.prediction,
+                                 loss_weighting=self.loss_weighting, min_snr_gamma=self.min_snr_gamma)
 
     def count_parameters(self) -> int:
         """Number of trainable UNet parameters (built on the meta device: no memory used)."""
@@ -175,6 +180,13 @@ class TrainConfig:
         if self.schedule == "linear" and not (0 < self.beta_start < 1 and 0 < self.beta_end < 1):
             raise ConfigError(f"betas must lie in (0, 1): got beta_start={self.beta_start}, "
                               f"beta_end={self.beta_end}.")
+        for name, value, choices in (("prediction", self.prediction, PREDICTIONS),
+                                     ("loss_weighting", self.loss_weighting, WEIGHTINGS)):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}{closest(value, choices)}; choose one of: "
+                                  f"{', '.join(choices)}.")
+        if self.min_snr_gamma <= 0:
+            raise ConfigError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}"
                               f"{closest(self.lr_schedule, LR_SCHEDULES)}; choose one of: "

@@ -80,7 +80,8 @@ def build_diffusion(settings: dict):
                                      settings.get("beta_end", 0.02))
     return GaussianDiffusion(betas, schedule=settings.get("schedule", "linear"),
                              timesteps=settings["timesteps"],
-                             variance=settings.get("variance", "beta"))
+                             variance=settings.get("variance", "beta"),
+                             prediction=settings.get("prediction", "eps"))  # older files: ε
 
 
 def load_pretrained(name: str = "mnist", device="auto", directory: Optional[str] = None):
