@@ -37,6 +37,7 @@ from .checkpoint import (CheckpointError, has_checkpoint, load_checkpoint, load_
                          save_checkpoint)
 from .config import ConfigError, TrainConfig
 from .ema import EMA
+from .samplers import DEFAULT_SAMPLER
 from .utils import get_device, set_seed
 
 LOSS_LOG = "loss_log.jsonl"
@@ -125,7 +126,7 @@ def set_rng_state(state: dict) -> None:
 
 # ---------------------------------------------------------------------- images
 @torch.no_grad()
-def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str = "ddim",
+def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str = DEFAULT_SAMPLER,
                   steps: Optional[int] = None, eta: float = 0.0, seed: int = 0,
                   class_label: Optional[int] = None, guidance_scale: float = 1.0,
                   clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:
