@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from diffusion_tutorial.utils import wall_times
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -68,20 +70,11 @@ def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [script] + args)
 
 
-def timed(fn, repeats: int, warmup: int = 1, sync=None) -> dict:
-    """Median and min wall time (s) of ``fn()`` over ``repeats`` calls after ``warmup``.
+def timed(fn, repeats: int, warmup: int = 1, device=None) -> dict:
+    """Median and min wall time (s) of ``fn()`` over ``repeats`` calls after ``warmup``
+    (:func:`diffusion_tutorial.utils.wall_times`, which synchronises a CUDA ``device``).
     The median is the robust number on a shared machine; the min is the least disturbed."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
+    times = wall_times(fn, repeats, warmup, device)
     return {"median": statistics.median(times), "min": min(times), "repeats": repeats}
 
 

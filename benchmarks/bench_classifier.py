@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from _common import add_note_option, machine, print_table, write_result
-from diffusion_tutorial.classifier import _stack, accuracy, confident_share_on, load_classifier
-from diffusion_tutorial.data import get_dataset, to_model_range
+from diffusion_tutorial.classifier import accuracy, confident_share_on, load_classifier
+from diffusion_tutorial.data import dataset_tensors, get_dataset, to_model_range
 from diffusion_tutorial.metrics import classify, fid_from_features
 
 
@@ -54,7 +54,8 @@ def floors(images: torch.Tensor, sizes, seed: int = 0) -> list[dict]:
         for r in range(3):
             idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed + r))
             values.append(fid_from_features(feats[idx[:n]], feats[idx[n:2 * n]]))
-        rows.append({"n": n, "fid_floor_mean": float(np.mean(values)), "fid_floor_std": float(np.std(values))})
+        rows.append({"n": n, "fid_floor_mean": float(np.mean(values)),
+                     "fid_floor_std": float(np.std(values))})
     return rows
 
 
@@ -66,8 +67,8 @@ def main() -> None:
     add_note_option(p)
     args = p.parse_args()
     clf = load_classifier("cpu")
-    x_test, y_test = _stack(get_dataset("mnist-sample", train=False))
-    x_all, _ = _stack(get_dataset("mnist-sample", train=None))
+    x_test, y_test = dataset_tensors(get_dataset("mnist-sample", train=False))
+    x_all, _ = dataset_tensors(get_dataset("mnist-sample", train=None))
     rows = [{"test set": "mnist-sample held-out split", "n": len(x_test),
              "accuracy": accuracy(clf, x_test, y_test),
              "confident_share": confident_share_on(clf, x_test)}]

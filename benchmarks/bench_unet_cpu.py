@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_tutorial import GaussianDiffusion
 from diffusion_tutorial.unet import UNet, count_parameters
+from diffusion_tutorial.utils import wall_times
 
 CONFIGS = {
     "16/32/48": dict(base_channels=16, channel_mults=(1, 2, 3)),
@@ -67,7 +67,8 @@ def main() -> None:
     diffusion = GaussianDiffusion(timesteps=1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"median of {args.steps} steps (forward + backward + Adam)")
-    print(f"{'config':<21}{'params':>10}{'GFLOP/step':>12}" + "".join(f"{n + ' steps/s':>22}" for n in FORMATS))
+    print(f"{'config':<21}{'params':>10}{'GFLOP/step':>12}"
+          + "".join(f"{n + ' steps/s':>22}" for n in FORMATS))
     for name, kwargs in CONFIGS.items():
         runs = {n: make_step(kwargs, fmt, diffusion, args.batch) for n, fmt in FORMATS.items()}
         times = {n: [] for n in FORMATS}
@@ -76,9 +77,7 @@ def main() -> None:
             step()
         for _ in range(args.steps):  # alternate the formats, one step each
             for n, (_, step) in runs.items():
-                start = time.perf_counter()
-                step()
-                times[n].append(time.perf_counter() - start)
+                times[n] += wall_times(step, 1, warmup=0)
         model = runs["NCHW"][0]
         rates = "".join(f"{1 / statistics.median(times[n]):>22.2f}" for n in FORMATS)
         print(f"{name:<21}{count_parameters(model):>10,}{gflop_per_step(model, args.batch):>12.1f}{rates}")

@@ -26,7 +26,6 @@ import copy
 import time
 
 import torch
-import torch.nn.functional as F
 
 from _common import add_note_option, machine, print_table, timed, write_result
 from diffusion_tutorial import GaussianDiffusion, ddim_sample, ddpm_sample
@@ -87,7 +86,8 @@ def correctness(float64_cumprod: bool) -> list[dict]:
         t_prev = t - T // 50 if t >= T // 50 else -1
         upd("DDIM step eta=0 (50 steps)", ours_small.ddim_step(x_t, t, t_prev, eps_model),
             ddim.step(eps_model, t, x_t, eta=0.0).prev_sample)
-        a = ours_small.ddim_step(x_t, t, t_prev, eps_model, eta=1.0, generator=torch.Generator().manual_seed(t))
+        a = ours_small.ddim_step(x_t, t, t_prev, eps_model, eta=1.0,
+                                 generator=torch.Generator().manual_seed(t))
         b = ddim.step(eps_model, t, x_t, eta=1.0, generator=torch.Generator().manual_seed(t)).prev_sample
         upd("DDIM step eta=1 (50 steps)", a, b)
     label = "float64 (as ours)" if float64_cumprod else "float32 (diffusers default)"
@@ -235,14 +235,13 @@ def training_throughput(size: str, device: str, batch: int, steps: int, rounds: 
                         diffusion.p_losses(m, data).backward()
                 m.zero_grad(set_to_none=True)
                 flops[(name, layout)] = counter.get_total_flops()
-    sync = torch.cuda.synchronize if cuda else None
     for s in steppers.values():  # warm-up (and compilation)
         for _ in range(3):
             s()
     times = {k: [] for k in steppers}
     for _ in range(rounds):  # alternate all variants so they see the same load
         for key, s in steppers.items():
-            times[key].append(timed(s, steps, warmup=0, sync=sync)["median"])
+            times[key].append(timed(s, steps, warmup=0, device=device)["median"])
     if not cuda:
         shares = {key: conv_share(s) for key, s in steppers.items()}
     rows = []
@@ -298,7 +297,8 @@ def main() -> None:
     size = "cifar10" if cuda else "mnist"
     batch = args.batch or (128 if cuda else 64)
     row_c = training_throughput(size, args.device, batch, args.steps, args.rounds,
-                                compile_=cuda and not args.no_compile, peak_tflops=args.peak_tflops if cuda else 0)
+                                compile_=cuda and not args.no_compile,
+                                peak_tflops=args.peak_tflops if cuda else 0)
     print(f"\n(c) training throughput, {size}-size UNets ({row_c['params_ours']:,} vs "
           f"{row_c['params_diffusers']:,} parameters), batch {batch}, {row_c['precision']}, "
           "alternated in one process")

@@ -64,7 +64,7 @@ def section_pretrained() -> list[str]:
     clf = PRETRAINED / "mnist_classifier.json"
     if clf.exists():
         c = json.loads(clf.read_text())
-        cmds = c.get("commands", ["python -m diffusion_tutorial.classifier"])
+        cmds = c.get("commands", ["python -m diffusion_tutorial.classifier_train"])
         out += [f"**Classifier** (the yardstick for all metrics below): {c['parameters']:,} parameters, "
                 f"trained on the {c['n_train']:,}-digit train split of `mnist-sample` by", "",
                 "```\n" + "\n".join(cmds) + "\n```", "",

@@ -22,8 +22,8 @@ from .toy import two_moons, GaussianMixture, count_modes, mode_counts
 from .plotting import (image_grid, show_images, save_grid, plot_forward_strip, plot_trajectory,
                        plot_loss, plot_schedules, plot_points, animate_trajectory, animate_points)
 from .vae import VAE, vae_loss, kl_divergence, train_vae
-from .latent import (LatentDiffusion, encode_dataset, latent_scale_factor, train_eps_model,
-                     measure_speedup)
+from .latent import LatentDiffusion, encode_dataset, latent_scale_factor, measure_speedup
+from .train_memory import train_eps_model
 from .score import (model_score, gaussian_score, langevin_sample, annealed_langevin_sample,
                     diffusion_noise_levels)
 from .gan import train_gan, GANResult

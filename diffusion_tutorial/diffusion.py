@@ -23,6 +23,7 @@ from torch import nn
 
 from . import parameterization as P
 from .schedules import alphas_cumprod_from_betas, check_betas, make_betas
+from .utils import as_timestep_tensor
 
 Model = Callable[..., torch.Tensor]
 
@@ -69,6 +70,8 @@ class GaussianDiffusion(nn.Module):
         variance: σ_t² of the reverse step: ``"beta"`` (σ_t² = β_t, the upper bound) or
             ``"beta_tilde"`` (σ_t² = β̃_t, the posterior variance, the lower bound);
             DDPM section 3.2.
+        beta_start, beta_end: β_1 and β_T of the linear schedule (see
+            :func:`~diffusion_tutorial.schedules.make_betas`).
         prediction: what the network outputs: ``"eps"`` (ε), ``"x0"`` or ``"v"``.
         loss_weighting: ``"simple"``, ``"min_snr"`` (with ``min_snr_gamma`` γ) or ``"elbo"``;
             see :mod:`diffusion_tutorial.parameterization`.
@@ -84,6 +87,8 @@ class GaussianDiffusion(nn.Module):
         schedule: str = "linear",
         timesteps: int = 1000,
         variance: str = "beta",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
         prediction: str = "eps",
         loss_weighting: str = "simple",
         min_snr_gamma: float = 5.0,
@@ -91,7 +96,7 @@ class GaussianDiffusion(nn.Module):
         super().__init__()
         if variance not in VARIANCES:
             raise ValueError(f"unknown variance {variance!r}: choose 'beta' or 'beta_tilde'.")
-        betas = make_betas(schedule, timesteps) if betas is None else check_betas(betas)
+        betas = make_betas(schedule, timesteps, beta_start, beta_end) if betas is None else check_betas(betas)
         self.variance = variance
         self.num_timesteps = int(betas.shape[0])
 
@@ -115,17 +120,15 @@ class GaussianDiffusion(nn.Module):
         buffer("sqrt_recipm1_alphas_cumprod", (1 / alphas_cumprod - 1).sqrt())
         buffer("snr", alphas_cumprod / (1 - alphas_cumprod))
         buffer("posterior_variance", posterior_variance)
-        # log β̃_t is -inf at t = 1; use β̃_2 there (DDPM's reference code does the same).
-        buffer("posterior_log_variance_clipped",
-               torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])))
         # μ̃_t = coef1 · x_0 + coef2 · x_t   (DDPM eq. 7)
         buffer("posterior_mean_coef1", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod))
         buffer("posterior_mean_coef2", (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod))
-        # σ_t² of p_θ(x_{t−1} | x_t)
-        buffer("model_variance", betas if variance == "beta" else posterior_variance)
-        # λ_t of the ELBO (DDPM eq. 12), in float64; see elbo_weights
-        sigma2 = torch.cat([betas[:1], (betas if variance == "beta" else posterior_variance)[1:]])
-        elbo = betas ** 2 / (2 * sigma2 * alphas * (1 - alphas_cumprod))
+        # σ_t² of p_θ(x_{t−1} | x_t), and its log (β̃_1 = 0: clamped so the log stays finite)
+        model_variance = betas if variance == "beta" else posterior_variance
+        buffer("model_variance", model_variance)
+        buffer("model_log_variance", model_variance.clamp(min=1e-20).log())
+        # λ_t of the ELBO (DDPM eq. 12), in float64, with σ_1² = β_1; see elbo_weights
+        elbo = betas ** 2 / (2 * torch.cat([betas[:1], model_variance[1:]]) * alphas * (1 - alphas_cumprod))
         buffer("_elbo_weights", elbo)
         # weight of the squared error of the network's target at each t (parameterization eq. 2)
         self.prediction = P.check_prediction(prediction)
@@ -143,17 +146,7 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _timesteps(self, t, batch: int, device) -> torch.Tensor:
         """Turn an int or a tensor of 0-based indices into a (B,) long tensor, checked."""
-        t = torch.as_tensor(t, device=device).long()
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must be an int or have shape ({batch},), got {tuple(t.shape)}.")
-        if (t < 0).any() or (t >= self.num_timesteps).any():
-            raise ValueError(
-                f"timestep index out of range: t must be in 0..{self.num_timesteps - 1} "
-                "(0-based; index i is paper time t = i + 1)."
-            )
-        return t
+        return as_timestep_tensor(t, batch, device, self.num_timesteps)
 
     def sample_timesteps(self, batch: int, device=None, generator=None) -> torch.Tensor:
         """t uniform over the T steps (paper 1..T, i.e. indices 0..T−1), shape (B,)."""
@@ -224,7 +217,7 @@ class GaussianDiffusion(nn.Module):
 
     def score_from_eps(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """s_θ(x_t, t) = −ε_θ(x_t, t) / √(1 − ᾱ_t), the score ∇ log q(x_t) the network
-        implies (Song et al. 2021). Chapter: Beyond (the score view)."""
+        implies (Song et al. 2021). Chapter: The score view."""
         t = self._timesteps(t, x_t.shape[0], x_t.device)
         return -eps / extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
 
@@ -291,9 +284,7 @@ class GaussianDiffusion(nn.Module):
         else:
             mean = self.mean_from_eps(x_t, t, eps)
         variance = extract(self.model_variance, t, x_t.shape)
-        log_variance = torch.log(extract(
-            self.betas if self.variance == "beta" else self.posterior_variance.clamp(min=1e-20),
-            t, x_t.shape))
+        log_variance = extract(self.model_log_variance, t, x_t.shape)
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "pred_x0": pred_x0, "eps": eps}
 

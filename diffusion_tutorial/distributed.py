@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .utils import get_device
 
@@ -83,6 +84,5 @@ def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     DDP copies rank 0's initial weights to every rank."""
     if not info.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
     ids = [info.device.index] if info.device is not None and info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)

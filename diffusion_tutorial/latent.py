@@ -17,18 +17,17 @@ times a training step and sampling in both spaces. Chapter: Latent diffusion.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .data import dataset_tensors
 from .diffusion import GaussianDiffusion
 from .samplers import ddim_sample, ddpm_sample
-from .utils import get_device
-from .vae import VAE, _images
+from .train_memory import train_eps_model  # noqa: F401 - its old home; import it from train_memory
+from .utils import get_device, median_time
+from .vae import VAE
 
 
 # ---------------------------------------------------------------------- encoding
@@ -37,7 +36,7 @@ def encode_dataset(vae: VAE, dataset, batch_size: int = 256, device="auto") -> t
     """The posterior means E(x) of every image of ``dataset`` (a tensor (N, C, H, W) or a
     Dataset of (x, label) pairs), unscaled: a CPU tensor (N, lc, H/4, W/4)."""
     device = get_device(device)
-    images = _images(dataset)
+    images, _ = dataset_tensors(dataset)
     vae = vae.to(device).eval()
     out = [vae.encode(images[i:i + batch_size].to(device))[0].cpu()
            for i in range(0, len(images), batch_size)]
@@ -108,60 +107,7 @@ class LatentDiffusion(nn.Module):
         return (x, z) if return_latents else x
 
 
-# ---------------------------------------------------------------------- training
-def train_eps_model(model: nn.Module, diffusion: GaussianDiffusion, data: torch.Tensor,
-                    steps: int = 1000, batch_size: int = 128, lr: float = 1e-3,
-                    labels: Optional[torch.Tensor] = None, num_classes: Optional[int] = None,
-                    p_uncond: float = 0.1, device="auto", seed: int = 0,
-                    progress: bool = True) -> list:
-    """Train an ε-model on an in-memory tensor ``data`` (N, ...) — latents or 2-D points —
-    with Adam on L_simple (:meth:`GaussianDiffusion.p_losses`). Returns the per-step losses.
-
-    With ``labels`` (N,) the model is trained class-conditionally for classifier-free
-    guidance (Ho & Salimans 2022): each label is replaced by the null class
-    ``num_classes`` with probability ``p_uncond``, so one network learns both ε(x_t, t, y)
-    and ε(x_t, t)."""
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}.")
-    if labels is not None and num_classes is None:
-        raise ValueError("pass num_classes with labels (the null class is index num_classes).")
-    device = get_device(device)
-    gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    diffusion.to(device)
-    data = data.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in tqdm(range(steps), desc="training ε-model", disable=not progress, leave=False):
-        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
-        x0 = data[idx.to(device)]
-        y = None
-        if labels is not None:
-            y = labels[idx].clone()
-            y[torch.rand(batch_size, generator=gen) < p_uncond] = num_classes  # drop to null
-            y = y.to(device)
-        t = torch.randint(0, diffusion.num_timesteps, (batch_size,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        loss = diffusion.p_losses(model, x0, t=t, noise=noise, y=y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
-
 # ---------------------------------------------------------------------- speed
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, kernel selection)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_speedup(pixel_model: nn.Module, latent: LatentDiffusion, diffusion: GaussianDiffusion,
                     image_shape=(1, 28, 28), batch_size: int = 32, repeats: int = 3,
                     n_samples: int = 16, sample_steps: int = 10, device="auto",
@@ -188,31 +134,28 @@ def measure_speedup(pixel_model: nn.Module, latent: LatentDiffusion, diffusion: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
         return step
 
     def sample_fn(fn):
         def run():
             with torch.no_grad():
                 fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
         return run
 
     pixel_model.train()
     latent.eps_model.train()
-    t_pixel = _median_time(train_step(pixel_model, pixel_model.parameters(), lambda: x), repeats)
-    t_latent = _median_time(train_step(latent.eps_model, latent.eps_model.parameters(),
-                                       (lambda: latent.encode(x)) if include_encoder else (lambda: z)),
-                            repeats)
+    t_pixel = median_time(train_step(pixel_model, pixel_model.parameters(), lambda: x), repeats,
+                          device=device)
+    t_latent = median_time(train_step(latent.eps_model, latent.eps_model.parameters(),
+                                      (lambda: latent.encode(x)) if include_encoder else (lambda: z)),
+                           repeats, device=device)
     pixel_model.eval()
     latent.eps_model.eval()
-    s_pixel = _median_time(sample_fn(lambda: ddim_sample(
+    s_pixel = median_time(sample_fn(lambda: ddim_sample(
         diffusion, pixel_model, (n_samples, *image_shape), steps=sample_steps, device=device,
-        progress=False)), max(1, repeats - 1))
-    s_latent = _median_time(sample_fn(lambda: latent.sample(n_samples, steps=sample_steps)),
-                            max(1, repeats - 1))
+        progress=False)), max(1, repeats - 1), device=device)
+    s_latent = median_time(sample_fn(lambda: latent.sample(n_samples, steps=sample_steps)),
+                           max(1, repeats - 1), device=device)
 
     def count(m):
         return sum(p.numel() for p in m.parameters())

@@ -20,7 +20,7 @@
 Everything here runs without downloads. For CIFAR-10 with the standard Inception
 features, the optional packages ``torch-fidelity`` or ``clean-fid`` compute the usual FID
 (they download the Inception weights on first use); the book does not require them.
-Chapter: Sampling (measuring sample quality).
+Chapter: Sampling.
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from .classifier import load_classifier
+from .data import dataset_tensors, get_dataset
 
 CONFIDENCE_THRESHOLD = 0.9
 NUM_CLASSES = 10
@@ -56,8 +59,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     M = Σ1^{1/2} Σ2 Σ1^{1/2}, so Tr((Σ1 Σ2)^{1/2}) = Tr(M^{1/2}) = Σ_i √λ_i(M): two
     symmetric eigen-decompositions in float64, no complex round-off, and singular
     covariances (fewer samples than feature dimensions) need no special care."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"shapes do not match: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}.")
@@ -100,7 +103,6 @@ def class_entropy(logits, num_classes: int = NUM_CLASSES) -> float:
 def classify(images: torch.Tensor, classifier=None, batch_size: int = 500):
     """Features (N, 128) and logits (N, 10) of images (N, 1, 28, 28) in [−1, 1]
     (clamped there first), computed in batches with the shipped classifier."""
-    from .classifier import load_classifier
     classifier = classifier if classifier is not None else load_classifier("cpu")
     classifier.eval()
     device = next(classifier.parameters()).device
@@ -118,9 +120,7 @@ def classify(images: torch.Tensor, classifier=None, batch_size: int = 500):
 def real_digits(n: Optional[int] = None, train: bool = False, seed: int = 0) -> torch.Tensor:
     """Real digits (N, 1, 28, 28) in [−1, 1] from ``mnist-sample`` (held-out test split by
     default); ``n`` of them drawn without replacement (seeded), or all."""
-    from .classifier import _stack
-    from .data import get_dataset
-    images, _ = _stack(get_dataset("mnist-sample", train=train))
+    images, _ = dataset_tensors(get_dataset("mnist-sample", train=train))
     if n is not None and n < len(images):
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
         images = images[idx]

@@ -3,6 +3,7 @@
 ``MLPDenoiser`` is ε_θ(x_t, t[, y]) for points instead of images: the same job as the
 UNet, with fully connected layers. The book uses it on two moons and Gaussian mixtures,
 where the exact denoiser E[ε | x_t] is known and the network can be compared with it.
+Chapter: The score view.
 
 Architecture (hidden width H)::
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .unet import timestep_embedding
+from .utils import as_timestep_tensor
 
 
 class _Block(nn.Module):
@@ -71,12 +73,7 @@ class MLPDenoiser(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}.")
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"t must be an int or a ({B},) tensor of timestep indices, "
-                             f"got shape {tuple(t.shape)}.")
+        t = as_timestep_tensor(t, B, x.device)
         emb = self.time_mlp(timestep_embedding(t.float() * (1000.0 / self.timesteps), self.hidden))
         if self.class_emb is not None:
             if y is None:

@@ -23,7 +23,8 @@ def _choose_backend() -> None:
     backend was already chosen (MPLBACKEND, pyplot imported, a notebook kernel)."""
     if os.environ.get("MPLBACKEND") or "matplotlib.pyplot" in sys.modules or "ipykernel" in sys.modules:
         return
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if sys.platform.startswith("linux") and headless:
         matplotlib.use("Agg")
 
 
@@ -33,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import animation  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .data import from_model_range  # noqa: E402
 
@@ -101,8 +103,6 @@ def show_images(x, nrow: int = 8, title: Optional[str] = None, ax=None, path=Non
 
 def save_grid(x, path, nrow: int = 8) -> Path:
     """Write the grid of :func:`image_grid` as a PNG at ``path`` (pixel for pixel)."""
-    from PIL import Image
-
     grid = np.rint(image_grid(x, nrow) * 255).astype(np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,8 @@ def plot_schedules(diffusions: dict, path=None):
 
 
 # ---------------------------------------------------------------------- 2-D data
-def plot_points(x, ax=None, title: Optional[str] = None, path=None, lim: Optional[float] = None, **scatter_kwargs):
+def plot_points(x, ax=None, title: Optional[str] = None, path=None, lim: Optional[float] = None,
+                **scatter_kwargs):
     """Scatter plot of 2-D points (N, 2) with equal axes."""
     x = _numpy(x)
     if x.ndim != 2 or x.shape[1] != 2:

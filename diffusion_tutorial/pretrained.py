@@ -19,8 +19,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
+from safetensors.torch import load_file
 
+from .diffusion import GaussianDiffusion
+from .unet import UNet
 from .utils import get_device
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -70,18 +72,11 @@ def read_info(name: str = "mnist", directory=None) -> dict:
     return json.loads(path.read_text())
 
 
-def build_diffusion(settings: dict):
-    """A :class:`GaussianDiffusion` from the ``diffusion`` block of a model JSON."""
-    from .diffusion import GaussianDiffusion
-    from .schedules import linear_beta_schedule
-    betas = None
-    if settings.get("schedule", "linear") == "linear":
-        betas = linear_beta_schedule(settings["timesteps"], settings.get("beta_start", 1e-4),
-                                     settings.get("beta_end", 0.02))
-    return GaussianDiffusion(betas, schedule=settings.get("schedule", "linear"),
-                             timesteps=settings["timesteps"],
-                             variance=settings.get("variance", "beta"),
-                             prediction=settings.get("prediction", "eps"))  # older files: ε
+def build_diffusion(settings: dict) -> GaussianDiffusion:
+    """A :class:`GaussianDiffusion` from the ``diffusion`` block of a model JSON, whose keys
+    (``schedule``, ``timesteps``, ``variance``, ``beta_start``, ``beta_end``, and
+    ``prediction``, absent in files from before it existed: ε) are the constructor's arguments."""
+    return GaussianDiffusion(**settings)
 
 
 def load_pretrained(name: str = "mnist", device="auto", directory: Optional[str] = None):
@@ -95,8 +90,6 @@ def load_pretrained(name: str = "mnist", device="auto", directory: Optional[str]
     >>> model, diffusion, info = load_pretrained("mnist")             # doctest: +SKIP
     >>> x0 = ddim_sample(diffusion, model, (16, 1, 28, 28), steps=50)  # doctest: +SKIP
     """
-    from safetensors.torch import load_file
-    from .unet import UNet
     directory = Path(directory) if directory is not None else PRETRAINED_DIR
     info = read_info(name, directory)
     path = directory / info["weights"]

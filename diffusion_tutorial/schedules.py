@@ -3,7 +3,7 @@
 Time indexing (used by the whole package). The paper's time runs t = 1..T. Tensors are
 indexed 0..T-1, and **index i holds the value for paper time t = i + 1**: ``betas[0]`` is
 β_1 and ``alphas_cumprod[T-1]`` is ᾱ_T. Functions that take a timestep tensor ``t``
-take this 0-based index. Introduced in the book's chapter "The forward process".
+take this 0-based index. Chapter: The forward process.
 
 Schedules are computed in float64 (products of 1,000 numbers close to 1 lose precision in
 float32) and converted to float32 where they are stored as buffers.
@@ -64,10 +64,13 @@ def cosine_beta_schedule(
     return check_betas(betas.clamp(max=max_beta))
 
 
-def make_betas(schedule: str = "linear", timesteps: int = 1000) -> torch.Tensor:
-    """β schedule by name (``"linear"`` or ``"cosine"``), float64, shape (T,)."""
+def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: float = 1e-4,
+               beta_end: float = 0.02) -> torch.Tensor:
+    """β schedule by name, float64, shape (T,): ``"linear"`` from ``beta_start`` to
+    ``beta_end`` (:func:`linear_beta_schedule`) or ``"cosine"`` (:func:`cosine_beta_schedule`,
+    which has no β_1 or β_T to set and ignores them)."""
     if schedule == "linear":
-        return linear_beta_schedule(timesteps)
+        return linear_beta_schedule(timesteps, beta_start, beta_end)
     if schedule == "cosine":
         return cosine_beta_schedule(timesteps)
     raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}.")

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion, randn_like
+from .utils import as_timestep_tensor
 
 ScoreFn = Callable[..., torch.Tensor]
 
@@ -32,7 +33,7 @@ def model_score(model, diffusion: GaussianDiffusion, y=None, guidance_scale: flo
     (:meth:`GaussianDiffusion.score_from_eps`); ``t`` is an int or a (B,) tensor of
     0-based indices."""
     def score_fn(x: torch.Tensor, t) -> torch.Tensor:
-        t = diffusion._timesteps(t, x.shape[0], x.device)
+        t = as_timestep_tensor(t, x.shape[0], x.device, diffusion.num_timesteps)
         eps = diffusion.predict_eps(model, x, t, y, guidance_scale)
         return diffusion.score_from_eps(x, t, eps)
     return score_fn

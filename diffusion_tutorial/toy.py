@@ -4,8 +4,7 @@ Low-dimensional data let the early chapters *see* the whole distribution: a scat
 shows every mode, and for a Gaussian mixture the ideal denoiser is known in closed form,
 so a trained network can be compared with the truth.
 
-The key fact (chapters: The forward process; Beyond: the score view): if
-x_0 ~ Σ_k w_k N(μ_k, σ² I) and x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4), then
+The key fact: if x_0 ~ Σ_k w_k N(μ_k, σ² I) and x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4), then
 
     q_t(x_t) = Σ_k w_k N(x_t; √ᾱ_t μ_k, v_t I),   v_t = ᾱ_t σ² + (1 − ᾱ_t),
 
@@ -17,6 +16,8 @@ again a mixture, with the same weights. Its score and the posterior mean of the 
 where r_k(x_t) ∝ w_k N(x_t; √ᾱ_t μ_k, v_t I) are the responsibilities, computed stably
 with a log-sum-exp. E[ε | x_t] is the minimiser of L_simple, so it is what a perfect
 ε_θ would output. Time ``t`` is a 0-based index (index i is paper time t = i + 1).
+Chapter: The forward process.
+Chapter: The score view.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+
+from .utils import as_timestep_tensor
 
 
 def two_moons(n: int, noise: float = 0.1, generator: Optional[torch.Generator] = None,
@@ -51,13 +54,7 @@ def two_moons(n: int, noise: float = 0.1, generator: Optional[torch.Generator] =
 def _abar(diffusion, t, n: int) -> torch.Tensor:
     """ᾱ_t for 0-based indices ``t`` (int or (n,) tensor) as float64, shape (n, 1), or
     (1, 1) when every row shares one t (as in a sampling loop), which broadcasts cheaply."""
-    t = torch.as_tensor(t).long().cpu()
-    t = t.expand(n) if t.ndim == 0 else t
-    if t.shape != (n,):
-        raise ValueError(f"t must be an int or have shape ({n},), got {tuple(t.shape)}.")
-    T = diffusion.num_timesteps
-    if (t < 0).any() or (t >= T).any():
-        raise ValueError(f"timestep index out of range: t must be in 0..{T - 1} (0-based).")
+    t = as_timestep_tensor(t, n, "cpu", diffusion.num_timesteps)
     if n > 0 and bool((t == t[0]).all()):
         t = t[:1]
     return diffusion.alphas_cumprod.detach().cpu().double()[t][:, None]
@@ -80,7 +77,7 @@ class GaussianMixture:
             raise ValueError(f"std must be positive, got {std}.")
         self.std = float(std)
         K = len(self.means)
-        w = torch.ones(K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = torch.as_tensor(torch.ones(K) if weights is None else weights, dtype=torch.float64)
         if w.shape != (K,) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights must be {K} non-negative numbers with a positive sum.")
         self.weights = w / w.sum()  # (K,)
@@ -169,7 +166,8 @@ class ModeCoverage(NamedTuple):
     high_quality: float  # share of samples within ``radius`` of some mode
 
 
-def mode_counts(samples: torch.Tensor, mixture: GaussianMixture, radius: Optional[float] = None) -> torch.Tensor:
+def mode_counts(samples: torch.Tensor, mixture: GaussianMixture,
+                radius: Optional[float] = None) -> torch.Tensor:
     """How many samples lie within ``radius`` (default 3σ) of each mode, each sample
     counted for its nearest mode only. Shape (K,)."""
     radius = 3 * mixture.std if radius is None else radius

@@ -7,48 +7,44 @@ clipping, an EMA of the weights (:mod:`diffusion_tutorial.ema`), bf16 autocast o
 classifier-free-guidance label dropout (Ho & Salimans 2022), a JSON-lines loss log,
 sample grids, and atomic checkpoints (:mod:`diffusion_tutorial.checkpoint`).
 
-Runs are reproducible: step k always trains on the same examples (a permutation drawn
-from (seed, epoch), sliced at k), and the RNG states are saved with every checkpoint,
-so on a CPU a run interrupted and resumed ends with exactly the weights of an
+The loop in :func:`_train` reads top to bottom: :func:`build` the objects, :func:`restore`
+a checkpoint, then for each batch :func:`train_step`, :func:`record`, and now and then
+:func:`save` and a sample grid. Runs are reproducible: step k always trains on the same
+examples (:mod:`diffusion_tutorial.batches`), and the RNG states are saved with every
+checkpoint, so on a CPU a run interrupted and resumed ends with exactly the weights of an
 uninterrupted one. Chapter: The loss and training.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import random
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import distributed as D
-from .checkpoint import (CheckpointError, has_checkpoint, load_checkpoint, load_weights,
-                         save_checkpoint)
-from .config import ConfigError, TrainConfig
+from . import distributed
+from .batches import StepBatchSampler, batch_indices  # noqa: F401 - batch_indices: public here
+from .checkpoint import has_checkpoint, load_checkpoint
+from .config import TrainConfig
+from .data import get_dataset
+from .distributed import DistInfo
 from .ema import EMA
-from .samplers import DEFAULT_SAMPLER
+from .runs import load_run, sample_images, save_loss_plot, save_samples  # noqa: F401 - public here
+from .train_state import (LOSS_LOG, Run, TrainingDiverged, TrainingInterrupted,  # noqa: F401
+                          log_file, memory_format, restore, rng_state, save,
+                          set_rng_state)
 from .utils import get_device, set_seed
-
-LOSS_LOG = "loss_log.jsonl"
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: a checkpoint was saved; resume with ``resume=True``."""
 
 
 @dataclass
@@ -64,116 +60,7 @@ class TrainResult:
     step: int = 0
 
 
-# ---------------------------------------------------------------------- data order
-def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0,
-                  world_size: int = 1, _cache: dict = {}) -> list[int]:  # noqa: B006
-    """The dataset indices of ``rank``'s batch at training step ``step`` (0-based).
-
-    One epoch is a permutation of the n examples drawn from (seed, epoch), cut into
-    global batches of ``batch_size · world_size``; rank r takes slice r of each. So the
-    batch at any step is known without replaying the earlier ones: that is what lets a
-    resumed run continue with exactly the examples an uninterrupted run would see."""
-    global_batch = batch_size * world_size
-    per_epoch = n // global_batch
-    if per_epoch < 1:
-        raise ConfigError(f"the dataset has {n} examples, fewer than one batch of {global_batch}: "
-                          "lower batch_size.")
-    epoch, k = divmod(step, per_epoch)
-    key = (n, seed, epoch)
-    if key not in _cache:
-        _cache.clear()
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        _cache[key] = torch.randperm(n, generator=g)
-    start = k * global_batch + rank * batch_size
-    return _cache[key][start:start + batch_size].tolist()
-
-
-class StepBatchSampler(Sampler):
-    """Yields :func:`batch_indices` for steps ``start .. end - 1``."""
-
-    def __init__(self, n, batch_size, seed, start, end, rank=0, world_size=1):
-        self.args = (n, batch_size, seed, rank, world_size)
-        self.start, self.end = start, end
-
-    def __iter__(self):
-        n, b, seed, rank, ws = self.args
-        for step in range(self.start, self.end):
-            yield batch_indices(n, b, step, seed, rank, ws)
-
-    def __len__(self):
-        return max(0, self.end - self.start)
-
-
-# ---------------------------------------------------------------------- RNG states
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states as plain tensors and tuples (weights_only-safe)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached": float(cached)}}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached"]))
-
-
-# ---------------------------------------------------------------------- images
-@torch.no_grad()
-def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str = DEFAULT_SAMPLER,
-                  steps: Optional[int] = None, eta: float = 0.0, seed: int = 0,
-                  class_label: Optional[int] = None, guidance_scale: float = 1.0,
-                  clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:
-    """n samples in [−1, 1], shape (n, C, H, W), from ``model`` (usually the EMA model).
-    A class-conditional model gets labels 0, 1, 2, ... in turn, or ``class_label``.
-    ``clip_denoised`` clips each predicted x̂_0 to [−1, 1], as DDPM's reference code does."""
-    from .samplers import sample
-    device = next(model.parameters()).device
-    y = None
-    if config.num_classes:
-        if class_label is not None:
-            if not 0 <= class_label < config.num_classes:
-                raise ValueError(f"class_label must be in 0..{config.num_classes - 1}, got {class_label}.")
-            y = torch.full((n,), class_label, dtype=torch.long, device=device)
-        else:
-            y = torch.arange(n, device=device) % config.num_classes
-    elif class_label is not None:
-        raise ValueError("this model is unconditional: drop --class-label, or train with "
-                         "--class-conditional.")
-    was_training = model.training
-    model.eval()
-    shape = (n, config.channels, config.resolution, config.resolution)
-    gen = torch.Generator().manual_seed(seed)
-    if sampler == "ddpm" and steps is None:
-        steps = diffusion.num_timesteps
-    x = sample(diffusion, model, shape, sampler=sampler, steps=steps, eta=eta, y=y,
-               guidance_scale=guidance_scale, generator=gen, device=device,
-               clip_denoised=clip_denoised, progress=progress)
-    model.train(was_training)
-    return x.clamp(-1, 1).float().cpu()
-
-
-def save_samples(x: torch.Tensor, path, nrow: Optional[int] = None) -> Path:
-    """Save images in [−1, 1] as one PNG grid (``nrow`` per row, default √n)."""
-    from .plotting import save_grid
-    return save_grid(x, path, nrow=nrow or max(1, int(math.sqrt(len(x)))))
-
-
-def save_loss_plot(losses: list, path) -> None:
-    """Save the loss curve (one value per step) as a PNG and close the figure."""
-    import matplotlib.pyplot as plt
-    from .plotting import plot_loss
-    if losses:
-        plt.close(plot_loss(losses, path=path))
-
-
-# ---------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------- pieces of a step
 def warmup_lambda(warmup_steps: int, total_steps: int = 0, schedule: str = "constant"):
     """Learning-rate factor: linear from 1/warmup to 1 over ``warmup_steps``, then 1
     (``"constant"``, as DDPM) or ½(1 + cos(π p)) with p the fraction of the post-warm-up steps
@@ -188,14 +75,134 @@ def warmup_lambda(warmup_steps: int, total_steps: int = 0, schedule: str = "cons
     return factor
 
 
-def _read_log(path: Path, end: int) -> list:
-    if not path.exists():
-        return []
-    with open(path, "rb") as f:
-        data = f.read(end)
-    return [json.loads(line)["loss"] for line in data.decode().splitlines() if line.strip()]
+def drop_labels(labels: torch.Tensor, num_classes: int, p_uncond: float,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1): each label is
+    replaced by the null class ``num_classes`` with probability ``p_uncond``, so one network
+    learns both ε(x_t, t, y) and ε(x_t, t). ``generator`` draws the coin flips (on its device)."""
+    device = generator.device if generator is not None else labels.device
+    drop = torch.rand(labels.shape, generator=generator, device=device).to(labels.device) < p_uncond
+    return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
 
+# ---------------------------------------------------------------------- the run
+def build(config: TrainConfig, model: Optional[torch.nn.Module], info: DistInfo) -> Run:
+    """The network (the config's UNet unless ``model`` is given), the diffusion, the EMA,
+    AdamW and the warm-up schedule, on this rank's device."""
+    device = info.device or get_device(config.device)
+    model = (model if model is not None else config.build_model()).to(device)
+    model = model.to(memory_format=memory_format(config))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_lambda(config.warmup_steps, config.steps, config.lr_schedule))
+    return Run(config, info, device, model, model, config.build_diffusion().to(device),
+               EMA(model, config.ema_decay, config.ema_warmup), optimizer, scheduler)
+
+
+def step_batches(run: Run, dataset):
+    """(x, y) batches for steps ``run.step .. config.steps − 1`` in the reproducible order."""
+    config, info = run.config, run.info
+    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, run.step, config.steps,
+                               info.rank, info.world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                      generator=torch.Generator().manual_seed(config.seed),
+                      pin_memory=run.device.type == "cuda", persistent_workers=False)
+
+
+def train_step(run: Run, x: torch.Tensor, y) -> tuple[torch.Tensor, float]:
+    """One step of DDPM Algorithm 1 on a batch (x in [−1, 1], labels y): the loss L_simple,
+    its gradient (clipped to norm ``grad_clip``), an AdamW step, the learning-rate schedule and
+    the EMA. Returns the loss (a 0-dim tensor on the device) and the learning rate used."""
+    config, device = run.config, run.device
+    x = x.to(device, non_blocking=True)
+    size = config.resolution
+    if x.shape[-1] != size:                   # e.g. 28x28 digits trained at 8x8 in tests
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = x.contiguous(memory_format=memory_format(config))  # (B, C, H, W) in [-1, 1]
+    labels = None
+    if config.num_classes:
+        labels = drop_labels(torch.as_tensor(y, device=device).long(), config.num_classes,
+                             config.p_uncond)
+    use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto"
+                                                    and device.type == "cuda")
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        loss = run.diffusion.p_losses(run.step_model, x, y=labels)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.ema.update(run.model)
+    run.step += 1
+    return loss, lr
+
+
+def record(run: Run, loss: torch.Tensor, lr: float, stop, bar) -> bool:
+    """Average the loss (and the Ctrl-C flag) over ranks, stop on NaN/inf, write the log line
+    and update the progress bar. Returns whether Ctrl-C was pressed on any rank."""
+    config = run.config
+    flag = torch.tensor(float(stop.requested), device=run.device)
+    shared = distributed.all_reduce_mean(torch.stack([loss.detach().float(), flag]), run.info)
+    value = float(shared[0])
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"the loss became {value} at step {run.step}: lower the learning rate "
+            f"(lr={config.lr:g}) or set grad_clip; the last good checkpoint in "
+            f"{run.run_dir} was kept (step {run.saved_at}).")
+    run.losses.append(value)
+    if run.info.is_main:
+        line = {"step": run.step, "loss": value, "lr": lr, "time": round(run.wall_time(), 3)}
+        run.log_file.write((json.dumps(line) + "\n").encode())
+    bar.update(1)
+    if run.due(config.log_every):
+        if run.info.is_main:
+            run.log_file.flush()
+        bar.set_postfix(loss=f"{sum(run.losses[-config.log_every:]) / config.log_every:.4f}",
+                        refresh=False)
+    return float(shared[1]) > 0
+
+
+# ---------------------------------------------------------------------- around the steps
+def write_sample_grid(run: Run, path: Path) -> None:
+    """DDIM samples of the EMA model (rank 0), as a PNG grid."""
+    if run.info.is_main:
+        config = run.config
+        x = sample_images(run.ema.model, run.diffusion, config, config.n_samples,
+                          steps=config.sample_steps, seed=config.seed)
+        save_samples(x, path)
+
+
+def interrupt(run: Run) -> None:
+    """Ctrl-C: save a checkpoint (unless one was just written), then stop."""
+    if run.saved_at != run.step:
+        save(run)
+    raise TrainingInterrupted(f"interrupted at step {run.step}; checkpoint saved in {run.run_dir}: "
+                              "resume with --resume (or train(config, resume=True)).")
+
+
+@contextlib.contextmanager
+def ctrl_c_flag():
+    """While inside, Ctrl-C (SIGINT) sets ``.requested`` instead of raising, so the loop can
+    save first; a second Ctrl-C raises at once. The caller's handler is restored after."""
+    stop = SimpleNamespace(requested=False)
+    if threading.current_thread() is not threading.main_thread():
+        yield stop                            # signals only reach the main thread
+        return
+
+    def on_sigint(signum, frame):
+        stop.requested = True
+        signal.signal(signal.SIGINT, old_handler or signal.default_int_handler)
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        if old_handler is not None:          # None: a handler not installed from Python
+            signal.signal(signal.SIGINT, old_handler)
+
+
+# ---------------------------------------------------------------------- the loop
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           model: Optional[torch.nn.Module] = None, dataset=None) -> TrainResult:
     """Train a diffusion model as ``config`` says and return a :class:`TrainResult`.
@@ -213,184 +220,46 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         TrainingInterrupted: Ctrl-C; a checkpoint was saved first.
     """
     config.validate(check_model=model is None)
-    info = D.init_distributed(config.device)
+    info = distributed.init_distributed(config.device)
     try:
         return _train(config, resume, progress, model, dataset, info)
     finally:
-        D.cleanup(info)
+        distributed.cleanup(info)
 
 
 def _train(config, resume, progress, model, dataset, info) -> TrainResult:
-    main = info.is_main
-    device = info.device or get_device(config.device)
     run_dir = Path(config.run_dir)
     ckpt = load_checkpoint(run_dir, config) if resume and has_checkpoint(run_dir) else None
     set_seed(config.seed)                       # same initial weights on every rank
     if dataset is None:
-        from .data import get_dataset
         dataset = get_dataset(config.dataset, config.data_dir, train=True)
-    model = (model if model is not None else config.build_model()).to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    diffusion = config.build_diffusion().to(device)
-    ema = EMA(model, config.ema_decay, config.ema_warmup)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_lambda(config.warmup_steps, config.steps, config.lr_schedule))
-
-    step, log_pos, elapsed = 0, 0, 0.0
-    log_path = run_dir / LOSS_LOG
-    if ckpt is not None:
-        load_weights(model, ckpt.model_state, str(ckpt.path))
-        load_weights(ema.model, ckpt.ema_state, str(ckpt.path))
-        st = ckpt.state
-        try:
-            optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
-            ema.load_state_dict(st["ema"])
-            step, log_pos, elapsed = int(st["step"]), int(st["log_pos"]), float(st["elapsed"])
-            rng = st["rng"]
-        except (KeyError, ValueError, TypeError) as err:
-            raise CheckpointError(f"{ckpt.path}/state.pt does not hold a training state ({err}): "
-                                  "it is not from diffusion_tutorial; start a new run.") from None
-        if main:
-            set_rng_state(rng)
-        else:
-            set_seed(config.seed + 7919 * info.rank + step)
-        if main and progress:
-            print(f"resuming {run_dir} from step {step}")
-    else:
-        if resume and main and progress:
-            print(f"no checkpoint in {run_dir}: starting a new run")
-        set_seed(config.seed + 7919 * info.rank)  # different noise on each rank
-    losses = _read_log(log_path, log_pos) if step else []
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config.to_json())
-        with open(log_path, "a+b") as f:
-            f.truncate(log_pos)               # drop lines written after the checkpoint
-    D.barrier(info)
-
-    ddp_model = D.wrap_model(model, info)
-    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(
-        len(dataset), config.batch_size, config.seed, step, config.steps, info.rank, info.world_size),
-        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=device.type == "cuda", persistent_workers=False)
-    use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and device.type == "cuda")
-    size = config.resolution
-    num_classes = config.num_classes
-
-    def save(at_step: int) -> None:
-        if not main:
-            return
-        log_file.flush()
-        os.fsync(log_file.fileno())
-        state = {"step": at_step, "log_pos": log_file.tell(), "elapsed": elapsed + time.perf_counter() - t0,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "ema": {k: v for k, v in ema.state_dict().items() if k != "weights"},
-                 "rng": rng_state()}
-        save_checkpoint(run_dir, model_state=model.state_dict(), ema_state=ema.model.state_dict(),
-                        state=state, config=config)
-
-    stop = {"flag": False}
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            stop["flag"] = True
-            signal.signal(signal.SIGINT, old_handler or signal.default_int_handler)
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
-
-    log_file = open(log_path, "ab") if main else None
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main),
-               desc="training", dynamic_ncols=True, file=sys.stdout)
-    t0 = time.perf_counter()
-    train_time, start_step, saved_at = 0.0, step, step
-    model.train()
-    try:
-        for x, y in loader:
+    run = build(config, model, info)
+    restore(run, ckpt, resume, progress)
+    start_step = run.step
+    with log_file(run), ctrl_c_flag() as stop, tqdm(
+            total=config.steps, initial=run.step, disable=not (progress and info.is_main),
+            desc="training", dynamic_ncols=True, file=sys.stdout) as bar:
+        run.step_model = distributed.wrap_model(run.model, info)
+        run.model.train()
+        run.t0 = time.perf_counter()
+        for x, y in step_batches(run, dataset):
             tick = time.perf_counter()
-            x = x.to(device, non_blocking=True)
-            if x.shape[-1] != size:           # e.g. 28x28 digits trained at 8x8 in tests
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                  align_corners=False)
-            x = x.contiguous(memory_format=memory_format)  # (B, C, H, W) in [-1, 1]
-            labels = None
-            if num_classes:
-                labels = torch.as_tensor(y, device=device).long()
-                drop = torch.rand(labels.shape, device=device) < config.p_uncond
-                labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = diffusion.p_losses(ddp_model, x, y=labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            # (loss, stop flag) averaged over ranks, so every rank takes the same decision
-            shared = D.all_reduce_mean(torch.stack([loss.detach().float(),
-                                                    torch.tensor(float(stop["flag"]), device=device)]), info)
-            value = float(shared[0])
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"the loss became {value} at step {step + 1}: lower the learning rate "
-                    f"(lr={config.lr:g}) or set grad_clip; the last good checkpoint in "
-                    f"{run_dir} was kept (step {saved_at}).")
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            ema.update(model)
-            step += 1
-            train_time += time.perf_counter() - tick
-            losses.append(value)
-            if main:
-                log_file.write((json.dumps({"step": step, "loss": value, "lr": lr,
-                                            "time": round(elapsed + time.perf_counter() - t0, 3)})
-                                + "\n").encode())
-            bar.update(1)
-            if step % config.log_every == 0:
-                if main:
-                    log_file.flush()
-                bar.set_postfix(loss=f"{sum(losses[-config.log_every:]) / config.log_every:.4f}",
-                                refresh=False)
-            if main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
-                x_s = sample_images(ema.model, diffusion, config, config.n_samples,
-                                    steps=config.sample_steps, seed=config.seed)
-                save_samples(x_s, run_dir / "samples" / f"step_{step:06d}.png")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save(step)
-                saved_at = step
-            if float(shared[1]) > 0:
-                if saved_at != step:
-                    save(step)
-                raise TrainingInterrupted(
-                    f"interrupted at step {step}; checkpoint saved in {run_dir}: resume with "
-                    "--resume (or train(config, resume=True)).")
-        if saved_at != step or not has_checkpoint(run_dir):
-            save(step)
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-        if old_handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, old_handler)
-
-    if main:
-        x_s = sample_images(ema.model, diffusion, config, config.n_samples,
-                            steps=config.sample_steps, seed=config.seed)
-        save_samples(x_s, run_dir / "samples.png")
-        save_loss_plot(losses, run_dir / "loss.png")
-    D.barrier(info)
-    done = step - start_step
-    return TrainResult(model=model.eval(), ema_model=ema.model, diffusion=diffusion, losses=losses,
-                       run_dir=run_dir, steps_per_sec=done / train_time if train_time > 0 else float("nan"),
-                       config=config, step=step)
-
-
-def load_run(run_dir, device: str = "auto"):
-    """``(config, ema_model, diffusion)`` from a run folder's checkpoint, ready to sample."""
-    from .checkpoint import load_checkpoint as _load
-    ckpt = _load(run_dir)
-    config = ckpt.config
-    device = get_device(device)
-    model = config.build_model()
-    load_weights(model, ckpt.ema_state, str(ckpt.path))
-    return config, model.to(device).eval(), config.build_diffusion().to(device)
+            loss, lr = train_step(run, x, y)
+            stopping = record(run, loss, lr, stop, bar)
+            run.train_time += time.perf_counter() - tick
+            if run.due(config.sample_every) and run.step < config.steps:
+                write_sample_grid(run, run_dir / "samples" / f"step_{run.step:06d}.png")
+            if run.due(config.checkpoint_every):
+                save(run)
+            if stopping:
+                interrupt(run)
+        if run.saved_at != run.step or not has_checkpoint(run_dir):
+            save(run)
+    write_sample_grid(run, run_dir / "samples.png")
+    if info.is_main:
+        save_loss_plot(run.losses, run_dir / "loss.png")
+    distributed.barrier(info)
+    done, seconds = run.step - start_step, run.train_time
+    return TrainResult(model=run.model.eval(), ema_model=run.ema.model, diffusion=run.diffusion,
+                       losses=run.losses, run_dir=run_dir, config=config, step=run.step,
+                       steps_per_sec=done / seconds if seconds > 0 else float("nan"))

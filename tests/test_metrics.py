@@ -94,9 +94,8 @@ def test_class_entropy_uniform_single_and_two_classes():
 # ---------------------------------------------------------------------- shipped classifier
 @pytest.fixture(scope="module")
 def held_out():
-    from diffusion_tutorial.classifier import _stack
-    from diffusion_tutorial.data import get_dataset
-    return _stack(get_dataset("mnist-sample", train=False))
+    from diffusion_tutorial.data import dataset_tensors, get_dataset
+    return dataset_tensors(get_dataset("mnist-sample", train=False))
 
 
 def test_shipped_classifier_accuracy_on_held_out_digits(held_out):

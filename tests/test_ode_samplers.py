@@ -182,7 +182,8 @@ def test_every_sampler_gives_the_same_samples_for_the_same_denoiser():
             def model(x, t, d=d, kind=kind):
                 a, s = d._a_s(t, x.shape)
                 eps = toy_model(x, t)
-                return {"eps": eps, "x0": P.x0_from("eps", eps, x, a, s), "v": P.v_from("eps", eps, x, a, s)}[kind]
+                convert = {"eps": P.eps_from, "x0": P.x0_from, "v": P.v_from}[kind]
+                return convert("eps", eps, x, a, s)
             outs.append(sample(d, model, x_T.shape, sampler=name, steps=steps, x_T=x_T, progress=False))
         torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-3, msg=name)
         torch.testing.assert_close(outs[2], outs[0], atol=1e-3, rtol=1e-3, msg=name)

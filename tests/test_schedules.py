@@ -68,3 +68,14 @@ def test_betas_outside_open_unit_interval_are_refused(betas):
 def test_unknown_schedule_names_the_choices():
     with pytest.raises(ValueError, match="linear, cosine"):
         schedules.make_betas("quadratic", 10)
+
+
+def test_make_betas_sets_the_linear_endpoints_and_the_diffusion_uses_them():
+    T, start, end = 50, 1e-3, 0.05
+    betas = schedules.make_betas("linear", T, beta_start=start, beta_end=end)
+    expected = start + (end - start) * torch.arange(T, dtype=torch.float64) / (T - 1)  # β_1 .. β_T
+    torch.testing.assert_close(betas, expected, rtol=0, atol=1e-15)
+    diffusion = GaussianDiffusion(schedule="linear", timesteps=T, beta_start=start, beta_end=end)
+    torch.testing.assert_close(diffusion.betas, expected.float())
+    cosine = schedules.make_betas("cosine", T, beta_start=start, beta_end=end)   # no endpoints to set
+    torch.testing.assert_close(cosine, schedules.cosine_beta_schedule(T), rtol=0, atol=0)

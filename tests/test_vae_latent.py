@@ -6,7 +6,8 @@ import torch
 
 from diffusion_tutorial import GaussianDiffusion
 from diffusion_tutorial.latent import (LatentDiffusion, encode_dataset, latent_scale_factor,
-                                       measure_speedup, train_eps_model)
+                                       measure_speedup)
+from diffusion_tutorial.train_memory import train_eps_model
 from diffusion_tutorial.unet import UNet
 from diffusion_tutorial.vae import VAE, kl_divergence, reparameterize, train_vae, vae_loss
 
