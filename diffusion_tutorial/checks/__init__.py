@@ -15,7 +15,7 @@ autograder and pytest tests want::
 
 The modules: :mod:`.harness` (results, reference answers, comparison; its docstring says
 how to add a check), :mod:`.cases` (the inputs a check tries), and the checks by chapter,
-:mod:`.forward`, :mod:`.reverse`, :mod:`.loss` and :mod:`.sampling`.
+:mod:`.forward`, :mod:`.reverse`, :mod:`.loss`, :mod:`.sampling` and :mod:`.faster`.
 """
 from .cases import Case, T_CHECK
 from .harness import (CheckResult, Part, Stop, TOLERANCES, _reference_cosine_schedule,
@@ -28,7 +28,9 @@ from .forward import check_cosine_schedule, check_q_sample, check_scale_to_model
 from .reverse import check_ddpm_step, check_mean_from_eps, check_posterior
 from .loss import check_loss, check_p_losses, check_score_from_eps
 from .sampling import check_ddim_step
+from .faster import check_dpm_solver_step, check_eps_to_v
 
 __all__ = ["CheckResult", "check_q_sample", "check_cosine_schedule", "check_posterior",
            "check_mean_from_eps", "check_loss", "check_p_losses", "check_ddpm_step",
-           "check_ddim_step", "check_score_from_eps", "check_scale_to_model_range"]
+           "check_ddim_step", "check_score_from_eps", "check_scale_to_model_range",
+           "check_eps_to_v", "check_dpm_solver_step"]
