@@ -57,8 +57,9 @@ def train(name: str, flags: list[str], every: int) -> None:
 
 
 def evaluate(name: str, n: int, sampler: str, steps: int, eta: float, every: int,
-             seeds: list[int], note: str) -> None:
-    """Sample every EMA snapshot of run ``name`` and write its time-to-quality rows."""
+             seeds: list[int], note: str, at: list[int]) -> None:
+    """Sample the EMA snapshots of run ``name`` (every ``every`` steps, or those ``at``) and
+    write its time-to-quality rows, keeping rows already measured with the same settings."""
     from safetensors.torch import load_file
     from diffusion_tutorial.metrics import evaluate_samples
     from diffusion_tutorial.train import load_run, sample_images
@@ -66,13 +67,18 @@ def evaluate(name: str, n: int, sampler: str, steps: int, eta: float, every: int
     recipe = json.loads((run_dir / "recipe.json").read_text())
     config, model, diffusion = load_run(run_dir, device="cpu")
     times = step_times(run_dir)
-    rows = []
+    settings = {"n": n, "sampler": sampler, "steps": steps, "eta": eta, "sample_seeds": seeds,
+                "clip_denoised": True}
+    old_path = OUT_DIR / f"{name}.json"
+    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    rows = old.get("rows", []) if old.get("evaluation") == settings else []
+    done = {(r["step"], r["seed"]) for r in rows}
     for path in sorted((run_dir / "ema_history").glob("step_*.safetensors")):
         step = int(path.stem.split("_")[1])
-        if every and step % every:
+        if (at and step not in at) or (not at and every and step % every):
             continue
         model.load_state_dict(load_file(str(path)))
-        for seed in seeds:
+        for seed in [s for s in seeds if (step, s) not in done]:
             x = sample_images(model.eval(), diffusion, config, n, sampler=sampler, steps=steps,
                               eta=eta, seed=seed)
             m = evaluate_samples(x)
@@ -82,12 +88,11 @@ def evaluate(name: str, n: int, sampler: str, steps: int, eta: float, every: int
                    "logged_minutes": times.get(step, float("nan")) / 60}
             rows.append(row)
             print_table([row], list(row))
+    rows.sort(key=lambda r: (r["step"], r["seed"]))
     write_result(name, {
         "machine": machine("cpu", note), "recipe": recipe["command"],
         "training_seed": config.seed, "steps_trained": max(times) if times else 0,
-        "evaluation": {"n": n, "sampler": sampler, "steps": steps, "eta": eta,
-                       "sample_seeds": seeds, "clip_denoised": True},
-        "config": config.to_dict(), "rows": rows}, OUT_DIR)
+        "evaluation": settings, "config": config.to_dict(), "rows": rows}, OUT_DIR)
 
 
 def cost(recipes: dict[str, list[str]], steps: int, rounds: int, threads: int, note: str) -> None:
@@ -97,6 +102,7 @@ def cost(recipes: dict[str, list[str]], steps: int, rounds: int, threads: int, n
     from diffusion_tutorial.cli import build_parser
     from diffusion_tutorial.config import TrainConfig, get_config
     from diffusion_tutorial.data import get_dataset, infinite_batches
+    from diffusion_tutorial.ema import EMA
     torch.set_num_threads(threads)
     parser = build_parser()
     data = get_dataset("mnist-sample", "data", train=True)
@@ -111,17 +117,21 @@ def cost(recipes: dict[str, list[str]], steps: int, rounds: int, threads: int, n
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
         loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True,
                                              drop_last=True)
-        setups[name] = (model, diffusion, opt, iter(infinite_batches(loader)), config)
+        ema = EMA(model, config.ema_decay)
+        setups[name] = (model, diffusion, opt, iter(infinite_batches(loader)), config, ema)
 
     def run(name: str, k: int) -> float:
-        model, diffusion, opt, batches, _ = setups[name]
+        """Seconds per step: forward, backward, clipping, AdamW, EMA (no logging or I/O)."""
+        model, diffusion, opt, batches, config, ema = setups[name]
         t0 = time.perf_counter()
         for _ in range(k):
             x, _ = next(batches)
             loss = diffusion.p_losses(model, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
+            ema.update(model)
         return (time.perf_counter() - t0) / k
 
     for name in setups:
@@ -150,11 +160,12 @@ def main() -> None:
     ev = sub.add_parser("evaluate")
     ev.add_argument("name")
     ev.add_argument("--n", type=int, default=500)
-    ev.add_argument("--sampler", default="ddim")
-    ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--eta", type=float, default=1.0)
+    ev.add_argument("--sampler", default="dpm++2m-sde")
+    ev.add_argument("--steps", type=int, default=20)
+    ev.add_argument("--eta", type=float, default=0.0)
     ev.add_argument("--every", type=int, default=500)
     ev.add_argument("--seeds", default="0")
+    ev.add_argument("--at", default="", help="only these snapshot steps (comma-separated)")
     add_note_option(ev)
     co = sub.add_parser("cost")
     co.add_argument("recipes", nargs="+", help='name="flags" pairs; the first is the reference')
@@ -169,7 +180,8 @@ def main() -> None:
     if args.mode == "evaluate":
         torch.set_num_threads(1)
         return evaluate(args.name, args.n, args.sampler, args.steps, args.eta, args.every,
-                        [int(s) for s in args.seeds.split(",")], args.note)
+                        [int(s) for s in args.seeds.split(",")], args.note,
+                        [int(s) for s in args.at.split(",") if s])
     recipes = {}
     for item in args.recipes:
         name, _, flags = item.partition("=")
