@@ -200,6 +200,18 @@ def check_same_config(saved: TrainConfig, config: TrainConfig, where="the checkp
                               "settings to resume, or a new --out folder to start afresh.")
 
 
+def nonfinite_tensors(state_dict: dict) -> list:
+    """Names of the floating-point tensors in ``state_dict`` that hold NaN or ±inf (one host
+    read when all are finite, as they should be)."""
+    floats = {k: v for k, v in state_dict.items() if v.is_floating_point() and v.numel()}
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for v in floats.values()])
+    if bool(finite.all()):
+        return []
+    return [k for k, ok in zip(floats, finite.tolist()) if not ok]
+
+
 def load_weights(module: torch.nn.Module, state_dict: dict, what: str = "checkpoint") -> None:
     """``module.load_state_dict`` with a one-line error for foreign or mismatched weights."""
     try:

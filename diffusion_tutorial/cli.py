@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Optional
 
 from .config import TrainConfig, get_config
+from .precision import COMPILE_MODES, PRECISIONS
 from .runs import load_run, sample_images, save_samples
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
 from .train import train
 
 SKIP = {"run_dir", "preset"}
+CHOICES = {"mixed_precision": PRECISIONS, "compile_mode": COMPILE_MODES}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,11 +51,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        if isinstance(default, bool):
+        if isinstance(default, bool) or f.type == "Optional[bool]":  # --x / --no-x (unset: auto)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, tuple):
             parser.add_argument(flag, type=_tuple, default=None, metavar="N,N,...")
-        elif f.name == "image_size":
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=None)
+        elif f.type == "Optional[int]":
             parser.add_argument(flag, type=int, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=None)
@@ -109,7 +113,10 @@ def cmd_train(args) -> int:
         print(f"training preset {config.preset!r} on {config.dataset} "
               f"({config.count_parameters():,} UNet parameters) -> {config.run_dir}", flush=True)
     result = train(config, resume=args.resume, progress=not args.no_progress)
-    if rank == 0:
+    if rank == 0 and args.resume and not result.steps_done:
+        print(f"{config.run_dir} has already finished: {result.step} steps done (--steps "
+              f"{config.steps}); nothing to train. To train longer, resume with a larger --steps.")
+    elif rank == 0:
         print(f"done: {result.step} steps ({result.steps_per_sec:.2f} steps/s); wrote "
               f"{Path(config.run_dir) / 'checkpoint'}, samples.png, loss.png, loss_log.jsonl")
     return 0

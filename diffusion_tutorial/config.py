@@ -21,10 +21,10 @@ import torch
 from .data import DATASETS, DatasetInfo
 from .diffusion import GaussianDiffusion
 from .parameterization import PREDICTIONS, WEIGHTINGS
+from .precision import COMPILE_MODES, PRECISIONS
 from .schedules import SCHEDULES
 from .unet import UNet
 
-PRECISIONS = ("auto", "bf16", "no")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -75,8 +75,11 @@ class TrainConfig:
     grad_clip: float = 1.0                # 0 disables clipping
     ema_decay: float = 0.995
     ema_warmup: bool = True
-    mixed_precision: str = "auto"         # auto: bf16 autocast on CUDA, off elsewhere
-    channels_last: bool = False
+    mixed_precision: str = "auto"         # auto|bf16|fp16|no; auto: bf16 on CUDA >= 8.0, fp16 +
+                                          # GradScaler on older CUDA, fp32 on CPU/MPS (precision.py)
+    compile: Optional[bool] = None        # torch.compile the network; None: on CUDA only
+    compile_mode: str = "default"         # or "reduce-overhead" (CUDA graphs), "max-autotune"
+    channels_last: Optional[bool] = None  # NHWC memory layout; None: on CUDA only
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -92,7 +95,8 @@ class TrainConfig:
     # Fields that may change between a checkpoint and its resumed run.
     RESUMABLE_CHANGES = ("steps", "data_dir", "device", "num_workers", "log_every",
                          "sample_every", "checkpoint_every", "n_samples", "sample_steps",
-                         "run_dir", "preset", "mixed_precision")
+                         "run_dir", "preset", "mixed_precision", "compile", "compile_mode",
+                         "channels_last")
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -190,7 +194,14 @@ class TrainConfig:
                               f"{closest(self.lr_schedule, LR_SCHEDULES)}; choose one of: "
                               f"{', '.join(LR_SCHEDULES)}.")
         if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+            raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.mixed_precision!r}.")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+                              f"got {self.compile_mode!r}{closest(self.compile_mode, COMPILE_MODES)}.")
+        for name in ("compile", "channels_last"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name} must be true, false or null (auto), got {getattr(self, name)!r}.")
         if self.sample_steps > self.timesteps:
             raise ConfigError(f"sample_steps ({self.sample_steps}) cannot exceed timesteps "
                               f"({self.timesteps}).")

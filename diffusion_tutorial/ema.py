@@ -41,11 +41,15 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """θ_EMA ← d θ_EMA + (1 − d) θ; buffers (e.g. norm statistics) are copied."""
+        """θ_EMA ← d θ_EMA + (1 − d) θ = θ_EMA + (1 − d)(θ − θ_EMA), for all parameters in one
+        foreach call (a few fused kernels on a GPU instead of one launch per tensor);
+        buffers (e.g. norm statistics) are copied."""
         d = self.current_decay()
         model = _unwrap(model)
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), 1 - d)
+        ema_params = list(self.model.parameters())
+        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
+        if ema_params:
+            torch._foreach_lerp_(ema_params, params, 1 - d)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
         self.num_updates += 1

@@ -13,9 +13,10 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, nonfinite_tensors
 from .config import TrainConfig
 from .plotting import plot_loss, save_grid
+from .precision import autocast, autocast_dtype
 from .samplers import DEFAULT_SAMPLER, sample
 from .utils import get_device
 
@@ -29,7 +30,9 @@ def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str
                   clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:
     """n samples in [−1, 1], shape (n, C, H, W), from ``model`` (usually the EMA model).
     A class-conditional model gets labels 0, 1, 2, ... in turn, or ``class_label``.
-    ``clip_denoised`` clips each predicted x̂_0 to [−1, 1], as DDPM's reference code does."""
+    ``clip_denoised`` clips each predicted x̂_0 to [−1, 1], as DDPM's reference code does.
+    The network runs under the autocast that ``config.mixed_precision`` picks for its device
+    (bf16 or fp16 on a GPU, none on a CPU), as in training."""
     device = next(model.parameters()).device
     y = None
     if config.num_classes:
@@ -49,9 +52,10 @@ def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str
     gen = torch.Generator().manual_seed(seed)
     if sampler == "ddpm" and steps is None:
         steps = diffusion.num_timesteps
-    x = sample(diffusion, model, shape, sampler=sampler, steps=steps, eta=eta, y=y,
-               guidance_scale=guidance_scale, generator=gen, device=device,
-               clip_denoised=clip_denoised, progress=progress)
+    with autocast(device, autocast_dtype(device, config.mixed_precision)):
+        x = sample(diffusion, model, shape, sampler=sampler, steps=steps, eta=eta, y=y,
+                   guidance_scale=guidance_scale, generator=gen, device=device,
+                   clip_denoised=clip_denoised, progress=progress)
     model.train(was_training)
     return x.clamp(-1, 1).float().cpu()
 
@@ -68,8 +72,13 @@ def save_loss_plot(losses: list, path) -> None:
 
 
 def load_run(run_dir, device: str = "auto"):
-    """``(config, ema_model, diffusion)`` from a run folder's checkpoint, ready to sample."""
+    """``(config, ema_model, diffusion)`` from a run folder's checkpoint, ready to sample.
+    A checkpoint whose EMA weights hold NaN or inf (a diverged run) is refused."""
     ckpt = load_checkpoint(run_dir)
+    bad = nonfinite_tensors(ckpt.ema_state)
+    if bad:
+        raise CheckpointError(f"{ckpt.path} holds NaN or infinite weights ({bad[0]}, ...): the run "
+                              "diverged; retrain it with a lower --lr, or use another run.")
     config = ckpt.config
     device = get_device(device)
     model = config.build_model()

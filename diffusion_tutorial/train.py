@@ -3,16 +3,19 @@
 Each step follows DDPM Algorithm 1 (Ho et al. 2020): take a batch x_0, draw t uniformly
 from 1..T and ε ~ N(0, I), and take a gradient step on ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²
 (:meth:`GaussianDiffusion.p_losses`). Around it: a linear learning-rate warm-up, gradient
-clipping, an EMA of the weights (:mod:`diffusion_tutorial.ema`), bf16 autocast on CUDA,
+clipping, an EMA of the weights (:mod:`diffusion_tutorial.ema`), mixed precision and
+``torch.compile`` where the device runs them well (:mod:`diffusion_tutorial.precision`),
 classifier-free-guidance label dropout (Ho & Salimans 2022), a JSON-lines loss log,
 sample grids, and atomic checkpoints (:mod:`diffusion_tutorial.checkpoint`).
 
 The loop in :func:`_train` reads top to bottom: :func:`build` the objects, :func:`restore`
-a checkpoint, then for each batch :func:`train_step`, :func:`record`, and now and then
-:func:`save` and a sample grid. Runs are reproducible: step k always trains on the same
-examples (:mod:`diffusion_tutorial.batches`), and the RNG states are saved with every
-checkpoint, so on a CPU a run interrupted and resumed ends with exactly the weights of an
-uninterrupted one. Chapter: The loss and training.
+a checkpoint, then for each batch :func:`train_step`, now and then :func:`read_losses`,
+:func:`save` and a sample grid. A step never waits for the GPU: its loss stays on the device
+until the next read (every ``log_every`` steps, and before any checkpoint or grid), which is
+also where NaN is caught. Runs are reproducible: step k always trains on the same examples
+(:mod:`diffusion_tutorial.batches`), and the RNG states are saved with every checkpoint, so
+on a CPU a run interrupted and resumed ends with exactly the weights of an uninterrupted one.
+Chapter: The loss and training.
 """
 from __future__ import annotations
 
@@ -33,17 +36,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import distributed
-from .batches import StepBatchSampler, batch_indices  # noqa: F401 - batch_indices: public here
+from . import distributed, precision
+from .batches import DeviceBatches, StepBatchSampler, batch_indices  # noqa: F401 - public here
 from .checkpoint import has_checkpoint, load_checkpoint
 from .config import TrainConfig
-from .data import get_dataset
+from .data import ImageDataset, get_dataset
 from .distributed import DistInfo
 from .ema import EMA
 from .runs import load_run, sample_images, save_loss_plot, save_samples  # noqa: F401 - public here
 from .train_state import (LOSS_LOG, Run, TrainingDiverged, TrainingInterrupted,  # noqa: F401
-                          log_file, memory_format, restore, rng_state, save,
-                          set_rng_state)
+                          diverged, log_file, restore, rng_state, save, set_rng_state)
 from .utils import get_device, set_seed
 
 
@@ -57,7 +59,8 @@ class TrainResult:
     run_dir: Path = Path(".")
     steps_per_sec: float = float("nan")            # this session's training steps only
     config: Optional[TrainConfig] = None
-    step: int = 0
+    step: int = 0                                  # steps done, over all sessions
+    steps_done: int = 0                            # this session's steps (0: it had finished)
 
 
 # ---------------------------------------------------------------------- pieces of a step
@@ -88,80 +91,152 @@ def drop_labels(labels: torch.Tensor, num_classes: int, p_uncond: float,
 # ---------------------------------------------------------------------- the run
 def build(config: TrainConfig, model: Optional[torch.nn.Module], info: DistInfo) -> Run:
     """The network (the config's UNet unless ``model`` is given), the diffusion, the EMA,
-    AdamW and the warm-up schedule, on this rank's device."""
+    AdamW (fused on CUDA), the warm-up schedule and the mixed precision, on this rank's device."""
     device = info.device or get_device(config.device)
-    model = (model if model is not None else config.build_model()).to(device)
-    model = model.to(memory_format=memory_format(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    layout = (torch.channels_last if precision.use_channels_last(config.channels_last, device)
+              else torch.contiguous_format)
+    model = (model if model is not None else config.build_model()).to(device, memory_format=layout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  **precision.adamw_options(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_lambda(config.warmup_steps, config.steps, config.lr_schedule))
+    dtype = precision.autocast_dtype(device, config.mixed_precision)
     return Run(config, info, device, model, model, config.build_diffusion().to(device),
-               EMA(model, config.ema_decay, config.ema_warmup), optimizer, scheduler)
+               EMA(model, config.ema_decay, config.ema_warmup), optimizer, scheduler,
+               precision.grad_scaler(device, dtype), dtype, layout)
+
+
+def compile_network(run: Run) -> None:
+    """Wrap the network in DDP under torchrun, then in ``torch.compile`` if the config (or
+    auto: CUDA) asks for it. Compilation happens at the first step; see :func:`forward_backward`."""
+    run.step_model = distributed.wrap_model(run.model, run.info)
+    config = run.config
+    if not precision.use_compile(config.compile, run.device):
+        return
+    mode = None if config.compile_mode == "default" else config.compile_mode
+    try:
+        run.step_model, run.eager_model = torch.compile(run.step_model, mode=mode), run.step_model
+        run.compiled = True
+    except Exception as err:  # noqa: BLE001 - e.g. a Python version dynamo does not support
+        _say_compile_failed(run, err)
+
+
+def _say_compile_failed(run: Run, err: Exception) -> None:
+    if run.info.is_main:
+        reason = (str(err).strip().splitlines() or [""])[0][:160]
+        print(f"note: torch.compile failed ({type(err).__name__}: {reason}); training without it "
+              "(--no-compile skips the attempt).", file=sys.stderr, flush=True)
 
 
 def step_batches(run: Run, dataset):
-    """(x, y) batches for steps ``run.step .. config.steps − 1`` in the reproducible order."""
+    """(x, y) batches for steps ``run.step .. config.steps − 1`` in the reproducible order: an
+    in-memory ImageDataset is gathered on the device, any other dataset goes through a DataLoader."""
     config, info = run.config, run.info
-    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, run.step, config.steps,
-                               info.rank, info.world_size)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+    args = (config.batch_size, config.seed, run.step, config.steps, info.rank, info.world_size)
+    if isinstance(dataset, ImageDataset):
+        return DeviceBatches(dataset, run.device, *args)
+    return DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), *args),
+                      num_workers=config.num_workers,
                       generator=torch.Generator().manual_seed(config.seed),
                       pin_memory=run.device.type == "cuda", persistent_workers=False)
 
 
-def train_step(run: Run, x: torch.Tensor, y) -> tuple[torch.Tensor, float]:
-    """One step of DDPM Algorithm 1 on a batch (x in [−1, 1], labels y): the loss L_simple,
-    its gradient (clipped to norm ``grad_clip``), an AdamW step, the learning-rate schedule and
-    the EMA. Returns the loss (a 0-dim tensor on the device) and the learning rate used."""
+# ---------------------------------------------------------------------- one step
+def prepare_batch(run: Run, x: torch.Tensor, y):
+    """The batch on the device at the model's size and layout, with labels dropped to the null
+    class for guidance (None for an unconditional model)."""
     config, device = run.config, run.device
     x = x.to(device, non_blocking=True)
     size = config.resolution
     if x.shape[-1] != size:                   # e.g. 28x28 digits trained at 8x8 in tests
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = x.contiguous(memory_format=memory_format(config))  # (B, C, H, W) in [-1, 1]
+    x = x.contiguous(memory_format=run.memory_format)  # (B, C, H, W) in [-1, 1]
     labels = None
     if config.num_classes:
         labels = drop_labels(torch.as_tensor(y, device=device).long(), config.num_classes,
                              config.p_uncond)
-    use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto"
-                                                    and device.type == "cuda")
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    return x, labels
+
+
+def forward_backward(run: Run, x: torch.Tensor, labels) -> torch.Tensor:
+    """L_simple under autocast and its (loss-scaled) gradient; returns the loss. The first call
+    of a compiled network compiles it: if that fails, say so in one line and redo the call
+    eagerly with the same random draws, so the run is the one an eager run would be."""
+    if run.eager_model is None:
+        return _forward_backward(run, x, labels)
+    eager, run.eager_model = run.eager_model, None
+    state = rng_state()
+    try:
+        return _forward_backward(run, x, labels)
+    except Exception as err:  # noqa: BLE001 - any compiler failure; eager shows real errors
+        set_rng_state(state)
+        run.step_model, run.compiled = eager, False
+        _say_compile_failed(run, err)
+        return _forward_backward(run, x, labels)
+
+
+def _forward_backward(run: Run, x: torch.Tensor, labels) -> torch.Tensor:
+    if run.compiled and run.config.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: this step's buffers are new
+    with precision.autocast(run.device, run.dtype):
         loss = run.diffusion.p_losses(run.step_model, x, y=labels)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.scaler.scale(loss).backward()
+    return loss
+
+
+def train_step(run: Run, x: torch.Tensor, y) -> None:
+    """One step of DDPM Algorithm 1 on a batch (x in [−1, 1], labels y): the loss L_simple,
+    its gradient (clipped to norm ``grad_clip``), an AdamW step, the learning-rate schedule and
+    the EMA. The loss stays on the device (``run.pending``) until :func:`read_losses`: no step
+    waits for the GPU."""
+    x, labels = prepare_batch(run, x, y)
     lr = run.optimizer.param_groups[0]["lr"]
-    run.optimizer.step()
+    loss = forward_backward(run, x, labels)
+    if run.config.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)    # clip the true gradient, not the scaled one
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+    run.scaler.step(run.optimizer)            # skips the step if fp16 gradients overflowed
+    run.scaler.update()
     run.scheduler.step()
     run.ema.update(run.model)
     run.step += 1
-    return loss, lr
+    run.pending.append((run.step, lr, round(run.wall_time(), 3), loss.detach()))
 
 
-def record(run: Run, loss: torch.Tensor, lr: float, stop, bar) -> bool:
-    """Average the loss (and the Ctrl-C flag) over ranks, stop on NaN/inf, write the log line
-    and update the progress bar. Returns whether Ctrl-C was pressed on any rank."""
+def reading_due(run: Run, stop) -> bool:
+    """Read the losses now? At log, sample and checkpoint steps, at the last step, and at once
+    on Ctrl-C in a single process (under torchrun the ranks agree at the next of those steps)."""
     config = run.config
-    flag = torch.tensor(float(stop.requested), device=run.device)
-    shared = distributed.all_reduce_mean(torch.stack([loss.detach().float(), flag]), run.info)
-    value = float(shared[0])
-    if not math.isfinite(value):
-        raise TrainingDiverged(
-            f"the loss became {value} at step {run.step}: lower the learning rate "
-            f"(lr={config.lr:g}) or set grad_clip; the last good checkpoint in "
-            f"{run.run_dir} was kept (step {run.saved_at}).")
-    run.losses.append(value)
+    return (run.due(config.log_every) or run.due(config.sample_every)
+            or run.due(config.checkpoint_every) or run.step >= config.steps
+            or (stop.requested and not run.info.enabled))
+
+
+def read_losses(run: Run, stop, bar) -> bool:
+    """Read the pending steps' losses in one transfer (averaged over ranks, with the Ctrl-C
+    flag), stop on NaN/inf naming the step, write their log lines and move the progress bar.
+    Returns whether Ctrl-C was pressed on any rank."""
+    pending, run.pending = run.pending, []
+    flag = torch.tensor([float(stop.requested)], device=run.device)
+    losses = [loss.float().reshape(1) for *_, loss in pending]
+    values = distributed.all_reduce_mean(torch.cat([*losses, flag]), run.info).tolist()
+    stopping = values.pop() > 0
+    for (step, *_), value in zip(pending, values):
+        if not math.isfinite(value):
+            raise diverged(run, f"the loss became {value} at step {step} (losses of steps "
+                                f"{pending[0][0]}-{pending[-1][0]} read together)")
+    run.losses.extend(values)
     if run.info.is_main:
-        line = {"step": run.step, "loss": value, "lr": lr, "time": round(run.wall_time(), 3)}
-        run.log_file.write((json.dumps(line) + "\n").encode())
-    bar.update(1)
-    if run.due(config.log_every):
-        if run.info.is_main:
-            run.log_file.flush()
-        bar.set_postfix(loss=f"{sum(run.losses[-config.log_every:]) / config.log_every:.4f}",
-                        refresh=False)
-    return float(shared[1]) > 0
+        lines = [{"step": step, "loss": value, "lr": lr, "time": t}
+                 for (step, lr, t, _), value in zip(pending, values)]
+        run.log_file.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+        run.log_file.flush()
+    bar.update(len(values))
+    recent = run.losses[-run.config.log_every:]
+    if recent:
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+    return stopping
 
 
 # ---------------------------------------------------------------------- around the steps
@@ -236,16 +311,18 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
     run = build(config, model, info)
     restore(run, ckpt, resume, progress)
     start_step = run.step
+    if info.is_main and progress and start_step < config.steps:
+        print(describe(run))
     with log_file(run), ctrl_c_flag() as stop, tqdm(
             total=config.steps, initial=run.step, disable=not (progress and info.is_main),
             desc="training", dynamic_ncols=True, file=sys.stdout) as bar:
-        run.step_model = distributed.wrap_model(run.model, info)
+        compile_network(run)
         run.model.train()
         run.t0 = time.perf_counter()
         for x, y in step_batches(run, dataset):
             tick = time.perf_counter()
-            loss, lr = train_step(run, x, y)
-            stopping = record(run, loss, lr, stop, bar)
+            train_step(run, x, y)
+            stopping = reading_due(run, stop) and read_losses(run, stop, bar)
             run.train_time += time.perf_counter() - tick
             if run.due(config.sample_every) and run.step < config.steps:
                 write_sample_grid(run, run_dir / "samples" / f"step_{run.step:06d}.png")
@@ -253,13 +330,25 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
                 save(run)
             if stopping:
                 interrupt(run)
-        if run.saved_at != run.step or not has_checkpoint(run_dir):
+        if run.saved_at != run.step:
             save(run)
-    write_sample_grid(run, run_dir / "samples.png")
-    if info.is_main:
-        save_loss_plot(run.losses, run_dir / "loss.png")
-    distributed.barrier(info)
     done, seconds = run.step - start_step, run.train_time
+    if done or ckpt is None:                    # a finished run keeps its grid and plot
+        write_sample_grid(run, run_dir / "samples.png")
+        if info.is_main:
+            save_loss_plot(run.losses, run_dir / "loss.png")
+    distributed.barrier(info)
     return TrainResult(model=run.model.eval(), ema_model=run.ema.model, diffusion=run.diffusion,
                        losses=run.losses, run_dir=run_dir, config=config, step=run.step,
-                       steps_per_sec=done / seconds if seconds > 0 else float("nan"))
+                       steps_per_sec=done / seconds if seconds > 0 else float("nan"),
+                       steps_done=done)
+
+
+def describe(run: Run) -> str:
+    """One line: the device and what makes it fast (precision, compile, memory layout)."""
+    parts = [precision.describe(run.dtype, run.scaler)]
+    if precision.use_compile(run.config.compile, run.device):
+        parts.append(f"torch.compile ({run.config.compile_mode})")
+    if run.memory_format == torch.channels_last:
+        parts.append("channels_last")
+    return f"training on {run.device}: " + ", ".join(parts)

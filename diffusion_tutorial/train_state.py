@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .checkpoint import CheckpointError, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, load_weights, nonfinite_tensors, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo
 from .ema import EMA
@@ -49,6 +49,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the states :func:`rng_state` returned (CUDA's only where a GPU is present)."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
@@ -59,6 +60,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _read_log(path: Path, end: int) -> list:
+    """The losses of the loss log's first ``end`` bytes: one per step up to the checkpoint."""
     if not path.exists():
         return []
     with open(path, "rb") as f:
@@ -67,11 +69,6 @@ def _read_log(path: Path, end: int) -> list:
 
 
 # ---------------------------------------------------------------------- the run
-def memory_format(config: TrainConfig) -> torch.memory_format:
-    """The layout of the network's weights and inputs: channels_last if the config asks."""
-    return torch.channels_last if config.channels_last else torch.contiguous_format
-
-
 @dataclass
 class Run:
     """Everything one training run holds; the loop's named steps read and update it."""
@@ -84,14 +81,20 @@ class Run:
     ema: EMA
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler      # loss scaling for fp16; a pass-through otherwise
+    dtype: Optional[torch.dtype]      # autocast dtype (None: fp32)
+    memory_format: torch.memory_format
     step: int = 0                     # optimizer steps done, over all sessions
     log_pos: int = 0                  # bytes of the loss log that belong to ``step``
     elapsed: float = 0.0              # wall-clock seconds of the earlier sessions
-    saved_at: int = 0                 # step of the checkpoint on disk
-    losses: list = field(default_factory=list)
+    saved_at: Optional[int] = None    # step of this run's checkpoint on disk (None: none yet)
+    losses: list = field(default_factory=list)   # the losses read so far, one per step
+    pending: list = field(default_factory=list)  # (step, lr, time, loss on the device), unread
     log_file: Optional[object] = None
+    compiled: bool = False            # step_model is torch.compile'd
+    eager_model: Optional[torch.nn.Module] = None  # kept until the compiled one has run once
     t0: float = field(default_factory=time.perf_counter)
-    train_time: float = 0.0           # this session's seconds in train_step and record
+    train_time: float = 0.0           # this session's seconds in train_step and read_losses
 
     @property
     def run_dir(self) -> Path:
@@ -119,9 +122,14 @@ def restore(run: Run, ckpt, resume: bool, progress: bool) -> None:
     load_weights(run.ema.model, ckpt.ema_state, str(ckpt.path))
     st = ckpt.state
     try:
+        options = {k: v for k, v in run.optimizer.param_groups[0].items() if k in ("fused", "foreach")}
         run.optimizer.load_state_dict(st["optimizer"])
+        for group in run.optimizer.param_groups:   # this device's kernels, not the saver's
+            group.update(options)
         run.scheduler.load_state_dict(st["scheduler"])
         run.ema.load_state_dict(st["ema"])
+        if "scaler" in st and run.scaler.is_enabled():
+            run.scaler.load_state_dict(st["scaler"])
         run.step, run.log_pos, run.elapsed = int(st["step"]), int(st["log_pos"]), float(st["elapsed"])
         rng = st["rng"]
     except (KeyError, ValueError, TypeError) as err:
@@ -157,9 +165,29 @@ def log_file(run: Run):
             run.log_file.close()
 
 
+def diverged(run: Run, what: str) -> TrainingDiverged:
+    """The error for a run whose loss or weights stopped being finite: what happened, what to
+    change, and which checkpoint is left (or that none exists)."""
+    config = run.config
+    hint = f"lower the learning rate (lr={config.lr:g})"
+    if config.grad_clip <= 0:
+        hint += " or set grad_clip (e.g. 1.0)"
+    if run.saved_at is None:
+        kept = f"no checkpoint of this run exists yet in {run.run_dir}"
+    else:
+        kept = f"the last good checkpoint in {run.run_dir} was kept (step {run.saved_at})"
+    return TrainingDiverged(f"{what}: {hint}; {kept}.")
+
+
 def save(run: Run) -> None:
-    """Write a checkpoint at ``run.step`` (rank 0): weights, EMA, optimizer, scheduler,
-    RNG states, and the loss log's length (flushed to disk first)."""
+    """Write a checkpoint at ``run.step`` (rank 0): weights, EMA, optimizer, scheduler, loss
+    scale, RNG states, and the loss log's length (flushed to disk first). Weights that hold
+    NaN or inf are never saved: :class:`TrainingDiverged` is raised instead, on every rank."""
+    bad = nonfinite_tensors({**run.model.state_dict(),
+                             **{f"ema.{k}": v for k, v in run.ema.model.state_dict().items()}})
+    if bad:
+        raise diverged(run, f"the weights became NaN or infinite by step {run.step} ({bad[0]}), "
+                            "so they were not saved")
     if run.info.is_main:
         run.log_file.flush()
         os.fsync(run.log_file.fileno())
@@ -167,6 +195,8 @@ def save(run: Run) -> None:
                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "ema": {k: v for k, v in run.ema.state_dict().items() if k != "weights"},
                  "rng": rng_state()}
+        if run.scaler.is_enabled():
+            state["scaler"] = run.scaler.state_dict()
         save_checkpoint(run.run_dir, model_state=run.model.state_dict(),
                         ema_state=run.ema.model.state_dict(), state=state, config=run.config)
     run.saved_at = run.step
