@@ -156,7 +156,7 @@ def main() -> None:
     tr = sub.add_parser("train")
     tr.add_argument("name")
     tr.add_argument("--every", type=int, default=250, help="checkpoint (snapshot) every N steps")
-    tr.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flags for `train`")
+    tr.epilog = "flags for `python -m diffusion_tutorial train` follow a lone --"
     ev = sub.add_parser("evaluate")
     ev.add_argument("name")
     ev.add_argument("--n", type=int, default=500)
@@ -173,9 +173,10 @@ def main() -> None:
     co.add_argument("--rounds", type=int, default=5)
     co.add_argument("--threads", type=int, default=2)
     add_note_option(co)
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.mode == "train":
-        flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
         return train(args.name, flags, args.every)
     if args.mode == "evaluate":
         torch.set_num_threads(1)
