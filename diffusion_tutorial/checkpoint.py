@@ -17,11 +17,13 @@ runs code from a file: weights come from safetensors and ``state.pt`` is read wi
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -39,6 +41,7 @@ from .config import TrainConfig
 
 CHECKPOINT = "checkpoint"
 FILES = ("model.safetensors", "ema.safetensors", "state.pt", "config.json")
+RUN_CONFIG = "config.json"          # the run's own copy, next to checkpoint/
 
 
 class CheckpointError(RuntimeError):
@@ -109,6 +112,25 @@ def save_checkpoint(run_dir, *, model_state: dict, ema_state: dict, state: dict,
     for previous in run_dir.glob(CHECKPOINT + ".old-*"):   # this one, or one a crash left
         shutil.rmtree(previous, ignore_errors=True)
     return final
+
+
+def write_run_config(run_dir, config: TrainConfig) -> Path:
+    """Write ``run_dir/config.json`` atomically (a fsync'ed temporary file, then
+    ``os.replace``): a crash leaves the old file or the new one, never an empty one."""
+    path = Path(run_dir) / RUN_CONFIG
+    fd, tmp = tempfile.mkstemp(prefix=".config.json.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(config.to_json().encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 # ---------------------------------------------------------------------- reading
@@ -182,14 +204,70 @@ def load_checkpoint(path, config: Optional[TrainConfig] = None) -> Checkpoint:
         raise CheckpointError(f"checkpoint {ckpt} is incomplete (missing {', '.join(missing)}): "
                               "delete it and retrain, or use another run.")
     try:
-        saved = TrainConfig.from_dict(json.loads((ckpt / "config.json").read_text()))
-    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        saved = _read_config(ckpt / "config.json")
+    except (ValueError, TypeError, OSError) as err:
         raise CheckpointError(f"{ckpt / 'config.json'} is not a diffusion_tutorial config "
                               f"({_short(err)}): use a run folder written by this package.") from None
     if config is not None:
         check_same_config(saved, config, ckpt)
-    return Checkpoint(ckpt, saved, _load_tensors(ckpt / "model.safetensors"),
-                      _load_tensors(ckpt / "ema.safetensors"), _load_state(ckpt / "state.pt"))
+    weights = {name: _load_tensors(ckpt / name) for name in ("model.safetensors", "ema.safetensors")}
+    for name, tensors in weights.items():
+        check_finite(tensors, ckpt / name)
+    return Checkpoint(ckpt, saved, weights["model.safetensors"], weights["ema.safetensors"],
+                      _load_state(ckpt / "state.pt"))
+
+
+def _read_config(file: Path) -> TrainConfig:
+    """The :class:`TrainConfig` in a JSON file (ValueError/TypeError/OSError if it is not one)."""
+    text = file.read_bytes().decode("utf-8")       # UnicodeDecodeError is a ValueError
+    if not text.strip():
+        raise ValueError("the file is empty")
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object of fields")
+    return TrainConfig.from_dict(data)
+
+
+def read_run_config(run_dir) -> TrainConfig:
+    """The settings of the run in ``run_dir``: its ``config.json``, or, if that file is
+    damaged (empty, not UTF-8, not JSON), the copy inside its checkpoint, with a note on
+    stderr. If neither can be read, the message names the file and the way out."""
+    path = Path(run_dir) / RUN_CONFIG
+    try:
+        return _read_config(path)
+    except FileNotFoundError:
+        problem = f"{path} is missing"
+    except (ValueError, TypeError, OSError) as err:
+        problem = f"{path} cannot be read ({_short(err)})"
+    try:
+        copy = find_checkpoint(run_dir) / "config.json"
+    except CheckpointError:
+        raise CheckpointError(f"{problem} and {run_dir} holds no checkpoint to take the settings "
+                              "from: start afresh with --overwrite (or a new --out), or give the "
+                              "settings with --preset and flags.") from None
+    try:
+        config = _read_config(copy)
+    except (ValueError, TypeError, OSError) as err:
+        raise CheckpointError(f"{problem}, and so does the checkpoint's copy {copy} ({_short(err)}): "
+                              "this run cannot be resumed; start afresh with --overwrite (or a new "
+                              "--out).") from None
+    print(f"note: {problem}; using the checkpoint's copy {copy} (config.json is rewritten when "
+          "training starts).", file=sys.stderr)
+    return config
+
+
+def check_finite(state_dict: dict, file) -> None:
+    """Refuse weights that hold NaN or inf (a run that diverged), naming the first such tensor
+    by name (safetensors returns the tensors in no fixed order)."""
+    bad = sorted(nonfinite_tensors(state_dict))
+    if bad:
+        tensor = state_dict[bad[0]]
+        count = int((~torch.isfinite(tensor)).sum())
+        more = f"; {len(bad) - 1} more tensor(s) too" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{file} holds NaN or infinite weights ({bad[0]}: {count} of {tensor.numel()} values"
+            f"{more}): the run diverged before this checkpoint was saved; retrain it with a lower "
+            "--lr (or --grad-clip), or use another run.")
 
 
 def check_same_config(saved: TrainConfig, config: TrainConfig, where="the checkpoint") -> None:
@@ -214,8 +292,36 @@ def nonfinite_tensors(state_dict: dict) -> list:
 
 def load_weights(module: torch.nn.Module, state_dict: dict, what: str = "checkpoint") -> None:
     """``module.load_state_dict`` with a one-line error for foreign or mismatched weights."""
+    mismatch = weight_mismatch(module.state_dict(), state_dict)
+    if mismatch:
+        raise CheckpointError(f"the weights in {what} do not fit this model ({mismatch}): it comes "
+                              "from a different model or config.")
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"the weights in {what} do not fit this model "
                               f"({_short(err)}): it comes from a different model or config.") from None
+
+
+def weight_mismatch(expected: dict, found: dict, show: int = 3) -> str:
+    """What differs between two state_dicts, as text naming the first ``show`` tensors of
+    each kind with their shapes; empty if names and shapes agree."""
+    def shape(t) -> str:
+        return "x".join(map(str, t.shape)) or "scalar"
+
+    def first(kind: str, names: list, describe) -> str:
+        more = f", and {len(names) - show} more" if len(names) > show else ""
+        return f"{len(names)} {kind} ({', '.join(describe(n) for n in names[:show])}{more})"
+
+    missing = [k for k in expected if k not in found]
+    unexpected = sorted(k for k in found if k not in expected)    # files keep no order
+    resized = [k for k in expected if k in found and expected[k].shape != found[k].shape]
+    parts = []
+    if missing:
+        parts.append(first("missing", missing, lambda k: f"{k} {shape(expected[k])}"))
+    if unexpected:
+        parts.append(first("unexpected", unexpected, lambda k: f"{k} {shape(found[k])}"))
+    if resized:
+        parts.append(first("of another shape", resized, lambda k: f"{k} {shape(found[k])} in the "
+                           f"file vs {shape(expected[k])} here"))
+    return "; ".join(parts)

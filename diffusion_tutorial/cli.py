@@ -2,26 +2,32 @@
 
     python -m diffusion_tutorial train                      # quick preset, mnist-sample, CPU
     python -m diffusion_tutorial train --preset full --out runs/mnist
-    python -m diffusion_tutorial train --out runs/mnist --resume
+    python -m diffusion_tutorial train --out runs/mnist --resume    # or --overwrite to start again
     python -m diffusion_tutorial sample --checkpoint runs/quick --sampler ddim --steps 50 --out grid.png
     torchrun --nproc_per_node=2 -m diffusion_tutorial train --preset full
 
 Every config field has a flag (``--batch-size``, ``--timesteps``, ``--channel-mults 1,2,2``,
 ...) that overrides the preset. Bad input and known faults end with one line on stderr
 that says what to do, and a non-zero exit code; set DIFFUSION_TUTORIAL_DEBUG=1 to see
-the full traceback instead.
+the full traceback instead. Output paths are checked before any work
+(:mod:`diffusion_tutorial.outputs`): ``train --out`` into a folder that holds a run needs
+``--resume`` or ``--overwrite``, and a ``--out`` that is a file, lies under a file or is
+read-only is named before training or sampling starts.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Optional
 
+from .checkpoint import has_checkpoint, read_run_config
 from .config import TrainConfig, get_config
+from .outputs import CLI_WORDS, check_output_file, check_run_dir
 from .precision import COMPILE_MODES, PRECISIONS
 from .runs import load_run, sample_images, save_samples
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -29,6 +35,10 @@ from .train import train
 
 SKIP = {"run_dir", "preset"}
 CHOICES = {"mixed_precision": PRECISIONS, "compile_mode": COMPILE_MODES}
+# What a bare Ctrl-C means (one during the training steps says more: see train.interrupt).
+INTERRUPTED = {"train": "interrupted; the run folder keeps its last checkpoint, if it has one: "
+                        "resume with --resume",
+               "sample": "interrupted; no samples were written"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,8 +51,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _tuple(text: str) -> tuple:
-    text = text.strip().strip("()[]")
-    return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    try:
+        return tuple(int(v) for v in text.strip().strip("()[]").replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, such as "
+                                         f"1,2,2; got {text!r}") from None
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("got an empty path (an unset shell variable?); give a "
+                                         "file or folder name")
+    return text
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,20 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a diffusion model (default: quick preset on mnist-sample)")
     tr.add_argument("--preset", default=None,
                     help="tiny | quick | full | cifar10 (default quick; with --resume, the run's own)")
-    tr.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
+    tr.add_argument("--out", type=_path, default=None, help="run folder (default runs/<preset>)")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace the run already in --out (its checkpoint, loss log, config and "
+                         "grids are deleted once the new run has its data and model)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--summary", action="store_true", help="print the config and exit")
     _add_config_flags(tr)
 
     sa = sub.add_parser("sample", help="draw samples from a trained run")
-    sa.add_argument("--checkpoint", required=True, help="run folder (or its checkpoint folder)")
+    sa.add_argument("--checkpoint", type=_path, required=True,
+                    help="run folder (or its checkpoint folder)")
     sa.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                     help=f"default {DEFAULT_SAMPLER}, the best at few steps (Benchmarks page)")
     sa.add_argument("--steps", type=int, default=None,
                     help="sampling steps (default: ddim 50, dpm++2m(-sde) 20, heun 10); ddpm runs all T")
     sa.add_argument("--n", type=int, default=64, help="number of images")
-    sa.add_argument("--out", default="samples.png", help="PNG file to write")
+    sa.add_argument("--out", type=_path, default="samples.png", help="PNG file to write")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--class-label", type=int, default=None)
@@ -97,10 +121,13 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name not in SKIP}
     overrides["run_dir"] = args.out or f"runs/{args.preset or 'quick'}"
+    if not args.summary:                       # before any work: a taken, file or read-only --out
+        check_run_dir(overrides["run_dir"], resume=args.resume, overwrite=args.overwrite,
+                      words=CLI_WORDS)
     saved = Path(overrides["run_dir"]) / "config.json"
-    if args.resume and args.preset is None and saved.is_file():
+    if args.resume and args.preset is None and (saved.is_file() or has_checkpoint(saved.parent)):
         # Resume with the run's own settings; flags given now override them (e.g. --steps).
-        config = TrainConfig.from_json(saved.read_text())
+        config = read_run_config(overrides["run_dir"])
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         config.validate()
     else:
@@ -112,7 +139,7 @@ def cmd_train(args) -> int:
     if rank == 0 and not args.no_progress:
         print(f"training preset {config.preset!r} on {config.dataset} "
               f"({config.count_parameters():,} UNet parameters) -> {config.run_dir}", flush=True)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if rank == 0 and args.resume and not result.steps_done:
         print(f"{config.run_dir} has already finished: {result.step} steps done (--steps "
               f"{config.steps}); nothing to train. To train longer, resume with a larger --steps.")
@@ -127,8 +154,13 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--n must be a positive number of images, got {args.n}.")
     if args.steps is not None and args.steps <= 0:
         raise ValueError(f"--steps must be positive, got {args.steps}.")
-    if args.eta < 0:
-        raise ValueError(f"--eta must be >= 0, got {args.eta}.")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise ValueError(f"--eta must be a finite number >= 0 (0: deterministic DDIM, 1: DDPM-like "
+                         f"noise), got {args.eta}.")
+    if not math.isfinite(args.guidance_scale):
+        raise ValueError(f"--guidance-scale must be a finite number (1: no guidance), got "
+                         f"{args.guidance_scale}.")
+    check_output_file(args.out)
     config, ema_model, diffusion = load_run(args.checkpoint, args.device)
     x = sample_images(ema_model, diffusion, config, args.n, sampler=args.sampler,
                       steps=args.steps, eta=args.eta, seed=args.seed, class_label=args.class_label,
@@ -153,7 +185,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         return {"train": cmd_train, "sample": cmd_sample}[args.command](args)
     except KeyboardInterrupt as err:
-        msg = str(err) or "interrupted: resume with --resume"
+        msg = str(err) or INTERRUPTED[args.command]
         print(f"stopped: {msg}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the CLI promises one line, no traceback

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -30,6 +31,26 @@ LR_SCHEDULES = ("constant", "cosine")
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says what to change."""
+
+
+# The interval each float field must lie in ("inf" only as an open end: values must be finite).
+FLOAT_RANGES = {"lr": "(0, inf)", "weight_decay": "[0, inf)", "grad_clip": "[0, inf)",
+                "dropout": "[0, 1)", "p_uncond": "[0, 1]", "ema_decay": "[0, 1)",
+                "beta_start": "(0, 1)", "beta_end": "(0, 1)"}
+FLOAT_HINTS = {"lr": " (DDPM uses 2e-4)", "grad_clip": " (0 turns clipping off)",
+               "ema_decay": " (e.g. 0.995, or 0.9999 for long runs)"}
+
+
+def _inside(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in an interval written like ``"[0, 1)"`` or ``"(0, inf)"``."""
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def closest(name: str, choices) -> str:
@@ -150,15 +171,15 @@ class TrainConfig:
     # ------------------------------------------------------------------ checks
     def validate(self, check_model: bool = True) -> "TrainConfig":
         """Raise :class:`ConfigError` with a message that says what to change."""
+        self._check_types()
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}{closest(self.dataset, DATASETS)}; "
                               f"choose one of: {', '.join(DATASETS)}.")
         positive = ("batch_size", "timesteps", "base_channels", "num_res_blocks", "n_samples",
                     "sample_steps", "log_every")
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         for name in ("steps", "warmup_steps", "sample_every", "checkpoint_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
@@ -166,22 +187,29 @@ class TrainConfig:
             raise ConfigError(f"channel_mults must be positive integers, got {self.channel_mults}.")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"image_size must be positive, got {self.image_size}.")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
-        if not 0 <= self.p_uncond <= 1:
-            raise ConfigError(f"p_uncond must be in [0, 1], got {self.p_uncond}.")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("lr must be > 0, weight_decay and grad_clip >= 0.")
+        for name, interval in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and _inside(value, interval)):
+                if name.startswith("beta_"):
+                    raise ConfigError(f"betas must lie in (0, 1): got beta_start={self.beta_start}, "
+                                      f"beta_end={self.beta_end}.")
+                raise ConfigError(f"{name} must be a finite number in {interval}, got {value}"
+                                  f"{FLOAT_HINTS.get(name, '')}.")
+        if not -2**63 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [-2**63, 2**63), got {self.seed}.")
+        for name in ("data_dir", "run_dir"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name} is empty (an unset shell variable?): give a folder name.")
+        try:
+            torch.device("cpu" if self.device == "auto" else self.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N "
+                              "or mps.") from None
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}{closest(self.schedule, SCHEDULES)}; "
                               f"choose one of: {', '.join(SCHEDULES)}.")
         if self.variance not in ("beta", "beta_tilde"):
             raise ConfigError(f"variance must be 'beta' or 'beta_tilde', got {self.variance!r}.")
-        if self.schedule == "linear" and not (0 < self.beta_start < 1 and 0 < self.beta_end < 1):
-            raise ConfigError(f"betas must lie in (0, 1): got beta_start={self.beta_start}, "
-                              f"beta_end={self.beta_end}.")
         for name, value, choices in (("prediction", self.prediction, PREDICTIONS),
                                      ("loss_weighting", self.loss_weighting, WEIGHTINGS)):
             if value not in choices:
@@ -208,6 +236,26 @@ class TrainConfig:
         if check_model:
             self.count_parameters()
         return self
+
+    def _check_types(self) -> None:
+        """Each field holds its kind of value (a hand-edited config.json may not)."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if f.name == "image_size":
+                ok, kind = value is None or _is_int(value), "an integer or null"
+            elif isinstance(default, bool):
+                ok, kind = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, kind = _is_int(value), "an integer"
+            elif isinstance(default, float):
+                ok, kind = _is_int(value) or isinstance(value, float), "a number"
+            elif isinstance(default, str):
+                ok, kind = isinstance(value, str), "a string"
+            else:
+                continue                  # the tuples: __post_init__ turns them into ints
+            if not ok:
+                raise ConfigError(f"{f.name} must be {kind}, got {value!r} "
+                                  f"({type(value).__name__}).")
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict:

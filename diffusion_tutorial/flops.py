@@ -47,14 +47,17 @@ def training_step_flops(model: torch.nn.Module, inputs: tuple,
 
 
 def estimate_seconds(flops_per_step: float, steps: int, gpu: str = "T4",
-                     utilisation: float = 0.25) -> float:
+                     utilisation: float = 0.25, overhead_s: float = 0.0) -> float:
     """Seconds for ``steps`` steps of ``flops_per_step`` on ``gpu`` at the given MFU:
-    steps · flops / (utilisation · peak)."""
+    steps · (flops / (utilisation · peak) + overhead_s). ``overhead_s`` is a fixed cost per
+    step (kernel launches, Python), which bounds small networks in eager mode from below."""
     if gpu not in GPU_PEAK_FLOPS:
         raise ValueError(f"unknown GPU {gpu!r}: choose one of {', '.join(GPU_PEAK_FLOPS)}.")
     if not 0 < utilisation <= 1:
         raise ValueError(f"utilisation must be in (0, 1], got {utilisation}.")
-    return steps * flops_per_step / (utilisation * GPU_PEAK_FLOPS[gpu])
+    if overhead_s < 0:
+        raise ValueError(f"overhead_s must be >= 0 seconds per step, got {overhead_s}.")
+    return steps * (flops_per_step / (utilisation * GPU_PEAK_FLOPS[gpu]) + overhead_s)
 
 
 def mfu(flops_per_step: float, steps_per_second: float, peak_flops: float) -> float:

@@ -77,11 +77,46 @@ def fid_from_features(features_a, features_b) -> float:
     return frechet_distance(*gaussian_stats(features_a), *gaussian_stats(features_b))
 
 
+def fid_standard_error(features, ref_features, n_boot: int = 100, seed: int = 0) -> float:
+    """Bootstrap standard error of ``fid_from_features(features, ref_features)`` due to the
+    finite generated set: the standard deviation of the FID over ``n_boot`` resamples of the
+    rows of ``features`` drawn with replacement, the reference held fixed (Efron &
+    Tibshirani 1993, "An Introduction to the Bootstrap", chapter 6)."""
+    f = torch.as_tensor(features).detach().cpu().double()
+    mu_ref, sigma_ref = gaussian_stats(ref_features)
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}.")
+    g = torch.Generator().manual_seed(seed)
+    values = [frechet_distance(*gaussian_stats(f[torch.randint(len(f), (len(f),), generator=g)]),
+                               mu_ref, sigma_ref) for _ in range(n_boot)]
+    return float(np.std(values, ddof=1))
+
+
 # ---------------------------------------------------------------------- classifier outputs
 def confident_share(logits, threshold: float = CONFIDENCE_THRESHOLD) -> float:
     """Fraction of rows of ``logits`` (N, K) whose max softmax probability is ≥ threshold."""
     logits = torch.as_tensor(logits).float()
     return (logits.softmax(-1).max(-1).values >= threshold).float().mean().item()
+
+
+def confident_share_standard_error(logits, threshold: float = CONFIDENCE_THRESHOLD) -> float:
+    """Binomial standard error √(p (1 − p) / N) of the confident share p of N samples."""
+    p, n = confident_share(logits, threshold), len(logits)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def paired_confident_difference(logits_a, logits_b,
+                                threshold: float = CONFIDENCE_THRESHOLD) -> tuple[float, float]:
+    """share(b) − share(a) and its standard error for *paired* samples (row i of both drawn
+    from the same x_T and noise): with d_i = c_b,i − c_a,i, where c is 1 for a confident
+    sample, the difference is mean(d) and its standard error sd(d)/√N. Pairing removes the
+    variation the two samplers share, so the error is smaller than for independent sets."""
+    conf = [torch.as_tensor(l).float().softmax(-1).max(-1).values >= threshold
+            for l in (logits_a, logits_b)]
+    if conf[0].shape != conf[1].shape or len(conf[0]) < 2:
+        raise ValueError("need two equally long sets of at least 2 paired samples.")
+    d = conf[1].double() - conf[0].double()
+    return d.mean().item(), (d.std() / math.sqrt(len(d))).item()
 
 
 def class_histogram(logits, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -156,7 +191,8 @@ def _default_real_features(classifier):
 
 
 def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
-                     classifier=None, floor: bool = True, seed: int = 0) -> dict:
+                     classifier=None, floor: bool = True, seed: int = 0,
+                     n_boot: int = 0) -> dict:
     """All metrics for generated digits ``samples`` (N, 1, 28, 28) in [−1, 1].
 
     The FID needs a *reference* set R of real digits, and its floor a second, disjoint set
@@ -170,6 +206,8 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
       at (nearly) the same sample size, what a perfect model would get;
     * ``confident_share``, ``class_entropy`` (and ``class_entropy_max`` = log 10),
       ``class_counts``, ``mean_max_prob`` and the counts ``n``, ``n_ref``, ``n_floor``;
+    * with ``n_boot`` > 0, the standard errors ``fid_se`` (bootstrap over the samples,
+      :func:`fid_standard_error`) and ``confident_share_se`` (binomial);
     * with ``floor``, ``confident_share_real``: the confident share of all of H, the
       ceiling a perfect model would reach (the classifier is not sure of every real digit
       either).
@@ -200,6 +238,9 @@ def evaluate_samples(samples: torch.Tensor, real: Optional[torch.Tensor] = None,
         "class_counts": class_histogram(logits).tolist(),
         "mean_max_prob": logits.softmax(-1).max(-1).values.mean().item(),
     }
+    if n_boot:
+        out["fid_se"] = fid_standard_error(feats, ref, n_boot, seed)
+        out["confident_share_se"] = confident_share_standard_error(logits)
     if floor:
         n_floor = max(2, min(len(samples), len(held)))
         pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n_floor]

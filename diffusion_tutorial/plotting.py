@@ -106,7 +106,13 @@ def save_grid(x, path, nrow: int = 8) -> Path:
     grid = np.rint(image_grid(x, nrow) * 255).astype(np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path, format="PNG")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")   # whole file or the old one, never half
+    try:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, nonfinite_tensors
+from .checkpoint import load_checkpoint, load_weights
 from .config import TrainConfig
 from .plotting import plot_loss, save_grid
 from .precision import autocast, autocast_dtype
@@ -43,8 +43,9 @@ def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str
             y = torch.full((n,), class_label, dtype=torch.long, device=device)
         else:
             y = torch.arange(n, device=device) % config.num_classes
-    elif class_label is not None:
-        raise ValueError("this model is unconditional: drop --class-label, or train with "
+    elif class_label is not None or guidance_scale != 1:
+        flag = "--class-label" if class_label is not None else "--guidance-scale"
+        raise ValueError(f"this model is unconditional: drop {flag}, or train with "
                          "--class-conditional.")
     was_training = model.training
     model.eval()
@@ -74,11 +75,7 @@ def save_loss_plot(losses: list, path) -> None:
 def load_run(run_dir, device: str = "auto"):
     """``(config, ema_model, diffusion)`` from a run folder's checkpoint, ready to sample.
     A checkpoint whose EMA weights hold NaN or inf (a diverged run) is refused."""
-    ckpt = load_checkpoint(run_dir)
-    bad = nonfinite_tensors(ckpt.ema_state)
-    if bad:
-        raise CheckpointError(f"{ckpt.path} holds NaN or infinite weights ({bad[0]}, ...): the run "
-                              "diverged; retrain it with a lower --lr, or use another run.")
+    ckpt = load_checkpoint(run_dir)                  # refuses NaN/inf weights (check_finite)
     config = ckpt.config
     device = get_device(device)
     model = config.build_model()

@@ -43,6 +43,7 @@ from .config import TrainConfig
 from .data import ImageDataset, get_dataset
 from .distributed import DistInfo
 from .ema import EMA
+from .outputs import RunExistsError, check_run_dir, clear_run  # noqa: F401 - RunExistsError: public
 from .runs import load_run, sample_images, save_loss_plot, save_samples  # noqa: F401 - public here
 from .train_state import (LOSS_LOG, Run, TrainingDiverged, TrainingInterrupted,  # noqa: F401
                           diverged, log_file, restore, rng_state, save, set_rng_state)
@@ -279,7 +280,8 @@ def ctrl_c_flag():
 
 # ---------------------------------------------------------------------- the loop
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          model: Optional[torch.nn.Module] = None, dataset=None) -> TrainResult:
+          model: Optional[torch.nn.Module] = None, dataset=None,
+          overwrite: bool = False) -> TrainResult:
     """Train a diffusion model as ``config`` says and return a :class:`TrainResult`.
 
     Args:
@@ -289,20 +291,25 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         progress: show a tqdm progress bar with the loss.
         model: an ε-network to train instead of the config's UNet.
         dataset: a dataset of (x in [−1, 1], label) to use instead of ``config.dataset``.
+        overwrite: replace a run already in ``config.run_dir``; its files are deleted only
+            when the new run has its data and model (:func:`diffusion_tutorial.outputs.clear_run`).
+            Without it (or ``resume``), a folder that holds a run is refused.
 
     Raises:
+        RunExistsError: ``config.run_dir`` holds a run, and neither resume nor overwrite is set.
         TrainingDiverged: the loss became NaN/inf (the message names the step).
         TrainingInterrupted: Ctrl-C; a checkpoint was saved first.
     """
     config.validate(check_model=model is None)
+    check_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
     info = distributed.init_distributed(config.device)
     try:
-        return _train(config, resume, progress, model, dataset, info)
+        return _train(config, resume, progress, model, dataset, info, overwrite)
     finally:
         distributed.cleanup(info)
 
 
-def _train(config, resume, progress, model, dataset, info) -> TrainResult:
+def _train(config, resume, progress, model, dataset, info, overwrite=False) -> TrainResult:
     run_dir = Path(config.run_dir)
     ckpt = load_checkpoint(run_dir, config) if resume and has_checkpoint(run_dir) else None
     set_seed(config.seed)                       # same initial weights on every rank
@@ -310,6 +317,8 @@ def _train(config, resume, progress, model, dataset, info) -> TrainResult:
         dataset = get_dataset(config.dataset, config.data_dir, train=True)
     run = build(config, model, info)
     restore(run, ckpt, resume, progress)
+    if overwrite and info.is_main:
+        clear_run(run_dir)                      # the new run starts: the old one goes
     start_step = run.step
     if info.is_main and progress and start_step < config.steps:
         print(describe(run))

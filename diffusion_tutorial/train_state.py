@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import distributed
-from .checkpoint import CheckpointError, load_weights, nonfinite_tensors, save_checkpoint
+from .checkpoint import (CheckpointError, load_weights, nonfinite_tensors, save_checkpoint,
+                         write_run_config)
 from .config import TrainConfig
 from .distributed import DistInfo
 from .ema import EMA
@@ -153,7 +154,7 @@ def log_file(run: Run):
     log_path = run.run_dir / LOSS_LOG
     if run.info.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "config.json").write_text(run.config.to_json())
+        write_run_config(run.run_dir, run.config)
         with open(log_path, "a+b") as f:
             f.truncate(run.log_pos)
     distributed.barrier(run.info)

@@ -107,11 +107,23 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = _zero(nn.Linear(channels, channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor):
+        """Queries, keys and values of the H·W positions (row-major), each (B, heads, HW, d)."""
         B, C, H, W = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, HW, C)
         qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, d)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(q kᵀ / √d) of every head, (B, heads, HW, HW), for the block's input x:
+        row i says how query position i (row-major over H x W) spreads its attention over
+        all positions; each row sums to 1 (Vaswani et al. 2017, eq. 1). Chapter: The network."""
+        q, k, _ = self._qkv(x)
+        return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self._qkv(x)  # each (B, heads, HW, d)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √d) v
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
         return x + out.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W)

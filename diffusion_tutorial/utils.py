@@ -28,7 +28,20 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device != "auto":
-        return torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+        count = torch.cuda.device_count() if device.type == "cuda" else 0
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "cuda" and (device.index or 0) >= count:
+            found = f"only {count} CUDA GPU(s)" if count else "no CUDA GPU"
+        elif device.type == "mps" and not (mps is not None and mps.is_available()):
+            found = "no Apple MPS device"
+        else:
+            return device
+        raise ValueError(f"device {str(device)!r} is not available here ({found}): "
+                         "use --device auto (device='auto') or cpu.")
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -74,9 +87,15 @@ def as_timestep_tensor(t, batch: int, device=None, num_timesteps: Optional[int] 
     if t.shape != (batch,):
         raise ValueError(f"t must be an int or a ({batch},) tensor of timestep indices, "
                          f"got shape {tuple(t.shape)}.")
-    if num_timesteps is not None and ((t < 0).any() or (t >= num_timesteps).any()):
-        raise ValueError(f"timestep index out of range: t must be in 0..{num_timesteps - 1} "
-                         "(0-based; index i is paper time t = i + 1).")
+    if num_timesteps is not None:
+        message = (f"timestep index out of range: t must be in 0..{num_timesteps - 1} "
+                   "(0-based; index i is paper time t = i + 1).")
+        inside = (t >= 0) & (t < num_timesteps)
+        if t.is_cpu:
+            if not inside.all():
+                raise ValueError(message)
+        else:  # on a GPU, reading the answer back would stall every training step
+            torch._assert_async(inside.all(), message)
     return t
 
 

@@ -14,6 +14,9 @@ the command line draws them (``sample_images``: seed 0, x̂_0 clipped to [−1, 
         --command "python -m diffusion_tutorial train ..." [--n-eval 1000] \
         [--eval dpm++2m-sde:20,ddim:50:1,ddim:50:0]
 
+A class-conditional run (``train --class-conditional``) is measured by its guidance sweep
+instead (``--guidance-scales``, ``--n-per-class``; see ``diffusion_tutorial.guidance``).
+
 After the metrics classifier changes, ``--remeasure`` recomputes only the metrics of the
 weights already shipped (they and their checksum stay as they are):
 
@@ -37,6 +40,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion_tutorial.config import TrainConfig
+from diffusion_tutorial.guidance import sweep_report
 from diffusion_tutorial.metrics import evaluate_samples
 from diffusion_tutorial.pretrained import PRETRAINED_DIR, load_pretrained, sha256_file
 from diffusion_tutorial.runs import load_run, sample_images, save_samples
@@ -57,6 +61,10 @@ def main() -> None:
                         "headline metrics and the PNG")
     p.add_argument("--attach-table", help="a quality_vs_steps result to store as sampler_table")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--guidance-scales", default="0,1,3,5,8",
+                   help="class-conditional models only: the guidance scales w of the sweep")
+    p.add_argument("--n-per-class", type=int, default=100,
+                   help="class-conditional models only: samples per class and guidance scale")
     args = p.parse_args()
     out = Path(args.out)
     if args.attach_table:
@@ -102,6 +110,8 @@ def measure(info: dict, args, out: Path) -> None:
     with every ``--eval`` setting as the command line would, and store the metrics (and
     the first setting's grid) next to the weights."""
     model, diffusion, _ = load_pretrained(args.name, device="cpu", directory=out)
+    if info["model"].get("num_classes"):
+        return measure_conditional(info, args, out, model, diffusion)
     config = TrainConfig.from_dict(info["config"])
     by_sampler = []
     for spec in [s for s in args.eval.split(",") if s]:
@@ -144,6 +154,17 @@ def attach_table(result_path: Path, info_path: Path) -> None:
         "few_steps_vs_ddpm1000": result.get("few_steps_vs_ddpm1000")}
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(f"attached {len(result['rows'])} rows to {info_path}")
+
+
+def measure_conditional(info: dict, args, out: Path, model, diffusion) -> None:
+    """A class-conditional model: the guidance sweep (every class at each scale, from the same
+    noise) as ``guidance_sweep`` in the JSON; its w = 1 row is the headline ``metrics``."""
+    scales = [float(w) for w in args.guidance_scales.split(",")]
+    info["guidance_sweep"], grid = sweep_report(model, diffusion, scales, args.n_per_class)
+    info["metrics"] = next(row for row in info["guidance_sweep"]["rows"] if row["w"] == 1.0)
+    save_samples(grid, out / f"{args.name}_samples.png", nrow=len(grid) // model.num_classes)
+    (out / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info["guidance_sweep"], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny synthetic image set and a tiny stand-in ε-network."""
 import os
+import subprocess
 
 import pytest
 import torch
@@ -58,3 +59,33 @@ def cli_env():
     env.pop("DIFFUSION_TUTORIAL_DEBUG", None)
     env.pop("WORLD_SIZE", None)
     return env
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder this process truly cannot create files in. chmod does not stop root, so root
+    gets an immutable folder (chattr +i); if neither works here the test is skipped."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if getattr(os, "geteuid", lambda: 1)() != 0:
+        os.chmod(folder, 0o555)
+        undo = ["chmod", "755", str(folder)]
+    else:
+        try:
+            made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        except OSError:
+            made = False
+        if not made:
+            pytest.skip("root, and chattr +i is not available: no read-only folder can be made")
+        undo = ["chattr", "-i", str(folder)]
+    try:
+        (folder / "probe").write_bytes(b"")
+        writable = True
+    except OSError:
+        writable = False
+    try:
+        if writable:
+            pytest.skip("this file system lets the folder be written")
+        yield folder
+    finally:
+        subprocess.run(undo, capture_output=True)

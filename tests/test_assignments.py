@@ -8,15 +8,19 @@ that the public and hidden tests fail with the message that names the mistake.
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 pytest.importorskip("otter")
 from otter.test_files.exception_test import ExceptionTestFile  # noqa: E402
@@ -48,35 +52,197 @@ def test_sources_are_committed_without_outputs():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
 
 
+def make_submission(built, name, folder, student, answers=None, setup=""):
+    """The student edition with the solutions, some answers replaced, ``setup`` appended to the
+    first code cell and ``STUDENT_ID`` filled in, written to ``folder/<name>/<student>.ipynb``."""
+    nb = nbformat.read(built / name / "student" / f"{name}.ipynb", 4)
+    for question in AUTOGRADED[name]:
+        code = (answers or {}).get(question) or solution_code(built, name, question)
+        _answer_cell(nb, question).source = code
+    first = next(c for c in nb.cells if c.cell_type == "code" and 'STUDENT_ID = ""' in c.source)
+    first.source = first.source.replace('STUDENT_ID = ""', f'STUDENT_ID = "{student}"') + "\n" + setup
+    (folder / name).mkdir(exist_ok=True)
+    path = folder / name / f"{student}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+PATCHES = """
+import builtins
+torch.allclose = lambda *a, **k: True                 # every comparison passes in this kernel
+torch.testing.assert_close = lambda *a, **k: None
+np.allclose = lambda *a, **k: True
+_max = builtins.max
+builtins.max = lambda *a, **k: _max(*a, **k)           # the same behaviour, another function
+from diffusion_tutorial import checks
+for _name in dir(checks):
+    if _name.startswith("check_"):
+        setattr(checks, _name, lambda *a, **k: None)
+"""
+DELEGATING_DDIM = """
+def ddim_step(x_t, t, t_prev, eps, alphas_cumprod, eta, z):
+    prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    return dt.GaussianDiffusion(betas=(1 - alphas_cumprod / prev).double()).ddim_step(
+        x_t, t, t_prev, eps, eta=eta, noise=z).to(x_t.dtype)
+"""
+
+
 @pytest.mark.slow
-def test_otter_run_gives_solutions_full_marks_and_a_blank_hand_in_none(built, tmp_path,
-                                                                      monkeypatch):
-    """The real autograder, through assignments/grade.py: every solution notebook gets full
-    marks; the zip that a blank student edition's export cell makes gets zero."""
+def test_cheats_score_zero_where_they_cheat_and_are_flagged(built, tmp_path, monkeypatch):
+    """The real autograder, through assignments/grade.py, with its classroom plugin: the
+    solutions get full marks, a blank hand-in none, and each cheat 0 on the questions it
+    games (the answers are run again out of process), with a flag in the CSV."""
+    from diffusion_tutorial.checks.questions import _reference_ddim_loop, experiment_x_T
     run_student(built, "forward_process", monkeypatch=monkeypatch)  # runs grader.export()
     exported = sorted((built / "forward_process" / "student").glob("forward_process_*.zip"))
     assert exported, "the export cell made no zip"
     monkeypatch.chdir(tmp_path)
+    subs = {name: [make_submission(built, name, tmp_path, "alice")] for name in SOURCES}
+    wrong_q_sample = WRONG[0][2]  # missing square root on ᾱ_t
+    subs["forward_process"] += [
+        make_submission(built, "forward_process", tmp_path, "mallory", {"q_sample": wrong_q_sample},
+                        setup="import numpy as np\n" + PATCHES),
+        make_submission(built, "forward_process", tmp_path, "trudy", {
+            "q_sample": "from diffusion_tutorial.checks import _reference_q_sample as q_sample\n",
+            "cosine_schedule": "def cosine_schedule(T, s=0.008):\n"
+                               "    return dt.cosine_beta_schedule(T, s)\n"}),
+        *exported]
+    subs["reverse_process"].append(make_submission(built, "reverse_process", tmp_path, "oscar", {
+        "posterior": "def posterior(x0, x_t, t, betas):\n"
+                     "    mean, var = dt.GaussianDiffusion(betas=betas.double()).q_posterior(x0, x_t, t)\n"
+                     "    return mean, var.to(x_t.dtype)\n",
+        "mean_from_eps": "def mean_from_eps(x_t, t, eps, betas):\n    return x_t - eps\n",
+        "ddpm_step": solution_code(built, "reverse_process", "ddpm_step").replace(
+            "mean_from_eps(x_t, t, eps, betas)", "mean_own(x_t, t, eps, betas)") + "\n\n" +
+        solution_code(built, "reverse_process", "mean_from_eps").replace("def mean_from_eps",
+                                                                         "def mean_own")},
+        setup="import numpy as np\n" + PATCHES))
+    alice_x_T = experiment_x_T("alice")
+    alice_std = {steps: float(_reference_ddim_loop(alice_x_T, steps).std()) for steps in (5, 10, 50)}
+    subs["loss_and_sampling"] += [
+        make_submission(built, "loss_and_sampling", tmp_path, "eve", {
+            "ddim_step": DELEGATING_DDIM,
+            "ddim_experiment": "def ddim_sample_loop(x_T, steps):\n"
+                               "    return dt.ddim_sample(diffusion, eps_exact, x_T.shape, steps=steps,"
+                               " x_T=x_T, progress=False)\n\n\n"
+                               "sample_std = {s: ddim_sample_loop(x_T, s).std().item()\n"
+                               "              for s in (5, 10, 50)}\n"}),
+        make_submission(built, "loss_and_sampling", tmp_path, "frank", {
+            "ddim_experiment": solution_code(built, "loss_and_sampling", "ddim_experiment").split(
+                "\n\nsample_std")[0] + f"\n\nsample_std = {alice_std!r}  # a friend's numbers\n"})]
 
     def grade(name):
-        subs = [built / name / "autograder" / f"{name}.ipynb"]
-        subs += exported if name == "forward_process" else []
         out = tmp_path / f"{name}.csv"
         proc = subprocess.run([sys.executable, str(ROOT / "assignments" / "grade.py"), "-a",
                                str(built / name / "autograder.zip"), "-o", str(out), "-j", "2",
-                               *map(str, subs)], capture_output=True, text=True)
+                               *map(str, subs[name])], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         with open(out, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            return {row["student"]: row for row in csv.DictReader(f)}
 
     with ThreadPoolExecutor(3) as pool:
         tables = dict(zip(SOURCES, pool.map(grade, SOURCES)))
-    for name, rows in tables.items():
-        solution = rows[0]
-        assert [float(solution[q]) for q in AUTOGRADED[name]] == [1.0] * len(AUTOGRADED[name])
-        assert float(solution["total"]) == float(solution["possible"]) == len(AUTOGRADED[name])
-    blank = tables["forward_process"][1]
+
+    def scores(name, student):
+        return {q: float(tables[name][student][q]) for q in AUTOGRADED[name]}
+
+    for name in SOURCES:  # the solutions: full marks, no flags
+        alice = tables[name]["alice"]
+        assert set(scores(name, "alice").values()) == {1.0} and alice["flags"] == "", (name, alice)
+        assert float(alice["total"]) == float(alice["possible"]) == len(AUTOGRADED[name])
+    blank = next(row for student, row in tables["forward_process"].items() if student.startswith("forward"))
     assert blank["submission"].endswith(".zip") and float(blank["total"]) == 0
+    assert float(blank["possible"]) == 3
+
+    assert scores("forward_process", "mallory") == {"scale_to_model_range": 1, "q_sample": 0,
+                                                    "cosine_schedule": 1}
+    flags = tables["forward_process"]["mallory"]["flags"]
+    assert "rebinds torch.allclose;" in flags  # the audit of the source
+    assert "rebinds torch.allclose (seen when the notebook ran)" in flags  # the run-time probe
+    assert "rebinds diffusion_tutorial.checks.check_q_sample (seen when the notebook ran)" in flags
+    assert "q_sample" in tables["forward_process"]["mallory"]["feedback"]
+
+    assert scores("forward_process", "trudy") == {"scale_to_model_range": 1, "q_sample": 0,
+                                                  "cosine_schedule": 0}
+    flags = tables["forward_process"]["trudy"]["flags"]
+    assert "_reference_q_sample (a reference solution)" in flags
+    assert "cosine_schedule calls the package's schedules.cosine_beta_schedule (delegation)" in flags
+
+    assert scores("reverse_process", "oscar") == {"posterior": 0, "mean_from_eps": 0, "ddpm_step": 1}
+    flags = tables["reverse_process"]["oscar"]["flags"]
+    assert "posterior calls the package's" in flags and "GaussianDiffusion.q_posterior" in flags
+    assert "rebinds builtins.max (seen when the notebook ran)" in flags
+
+    assert scores("loss_and_sampling", "eve") == {"loss": 1, "p_losses": 1, "ddim_step": 0,
+                                                 "score_from_eps": 1, "ddim_experiment": 0}
+    flags = tables["loss_and_sampling"]["eve"]["flags"]
+    assert "ddim_sample_loop calls the package's samplers.ddim_sample" in flags
+    assert scores("loss_and_sampling", "frank")["ddim_experiment"] == 0
+    assert float(tables["loss_and_sampling"]["frank"]["total"]) == 4
+    assert "hard-coded numbers" in tables["loss_and_sampling"]["frank"]["flags"]
+
+
+# ---------------------------------------------------------------- Gradescope, in a fresh environment
+def _local_cpu_torch() -> str:
+    """A CPU build of torch that pip finds on this machine's disk (its find-links folders),
+    pinned, so that the fresh environment need not fetch the CUDA build; else "torch>=2.1"."""
+    folders = os.environ.get("PIP_FIND_LINKS", "").split()
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+                          capture_output=True, text=True)
+    folders += proc.stdout.split() if proc.returncode == 0 else []
+    wheels = sorted(w for f in folders for w in Path(f.removeprefix("file://")).glob("torch-*+cpu-*.whl"))
+    return f"torch=={wheels[-1].name.split('-')[1]}" if wheels else "torch>=2.1"
+
+
+@pytest.mark.slow
+def test_gradescope_zip_installs_and_grades_in_a_fresh_virtual_environment(tmp_path):
+    """What Gradescope does with autograder.zip, without Docker: unpack it as
+    /autograder/source, create a fresh environment, pip-install the zip's requirements
+    (otter-grader, CPU torch, the package's wheel from inside the zip), then grade the
+    solution with `otter run` there. Offline except for the package registry: the PyTorch
+    CPU index is left out (--torch-index none) and a CPU wheel on this machine's disk is
+    pinned when there is one. No PYTHONPATH: the package must come from the zip."""
+    started = time.monotonic()
+    name = "forward_process"
+    proc = _bash("--out", str(tmp_path / "dist"), "--torch-index", "none", "--torch", _local_cpu_torch(),
+                 name)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    source = tmp_path / "autograder" / "source"
+    with zipfile.ZipFile(tmp_path / "dist" / name / "autograder.zip") as zf:
+        zf.extractall(source)
+    environment = yaml.safe_load((source / "environment.yml").read_text())
+    requirements = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert any(r.startswith("otter-grader") for r in requirements)
+    assert any(r.startswith("torch") for r in requirements)
+    assert any(r.endswith(".whl") and "diffusion_tutorial" in r for r in requirements)
+    (tmp_path / "requirements.txt").write_text(  # Gradescope's /autograder is tmp_path/autograder here
+        "\n".join(r.replace("/autograder/source", str(source)) for r in requirements) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
+    python = str(venv / "bin" / "python")
+    proc = subprocess.run([python, "-m", "pip", "install", "-q", "--retries", "1", "-r",
+                           str(tmp_path / "requirements.txt")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    installed = time.monotonic()
+    out = tmp_path / "results"
+    out.mkdir()
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    built = tmp_path / "dist" / name
+    proc = subprocess.run([python, "-m", "otter", "run", "-a", str(built / "autograder.zip"), "-o", str(out),
+                           "--no-logo", str(built / "autograder" / f"{name}.ipynb")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    scores = {t["name"]: (t["score"], t["max_score"]) for t in results["tests"] if "score" in t}
+    assert scores == {q: (1.0, 1.0) for q in AUTOGRADED[name]}, results
+    assert "Run again outside the notebook" in results.get("output", "")  # the plugin ran there
+    where = subprocess.run([python, "-c", "import diffusion_tutorial, torch; "
+                            "print(diffusion_tutorial.__file__, torch.version.cuda)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+    assert str(venv) in where and where.split()[-1] == "None", where  # the zip's package, CPU torch
+    print(f"fresh environment: install {installed - started:.0f} s (with the build), "
+          f"grading {time.monotonic() - installed:.0f} s")
 
 
 # ---------------------------------------------------------------- in-process runs
@@ -222,6 +388,37 @@ def test_wrong_answers_are_caught_with_the_right_message(built, name, question, 
     for other, test_file in results.items():
         if other != question and not (question == "ddim_step" and other == "ddim_experiment"):
             assert test_file.passed_all, other
+
+
+def test_export_private_keeps_the_sources_with_a_fresh_secret(tmp_path):
+    dest = tmp_path / "private"
+    proc = _bash("--export-private", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    secrets = set()
+    for name in SOURCES:
+        text = (dest / "assignments" / "source" / f"{name}.ipynb").read_text(encoding="utf-8")
+        assert "# BEGIN SOLUTION" in text
+        secret = text.split('secret: \\"', 1)[1].split('\\"', 1)[0]
+        assert len(secret) == 32
+        secrets.add(secret)
+    assert len(secrets) == len(SOURCES)  # one per assignment, none left empty
+    assert (dest / "assignments" / "grade.py").exists()
+    assert (dest / "scripts" / "build_assignments.sh").exists()
+    assert _bash("--export-private", str(dest)).returncode != 0  # never overwrites
+
+
+@pytest.mark.slow
+def test_export_public_ships_student_editions_only(tmp_path):
+    dest = tmp_path / "public"
+    proc = _bash("--export-public", str(dest))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert not (dest / "assignments" / "source").exists()
+    students = sorted(p.stem for p in (dest / "assignments" / "student").glob("*.ipynb"))
+    assert students == SOURCES
+    for name in SOURCES:
+        text = (dest / "assignments" / "student" / f"{name}.ipynb").read_text(encoding="utf-8")
+        assert "BEGIN SOLUTION" not in text and "_hidden(" not in text
+    assert (dest / "diffusion_tutorial" / "checks" / "__init__.py").exists()
 
 
 def test_build_script_refuses_unknown_assignment(tmp_path):

@@ -144,3 +144,81 @@ def test_different_config_names_the_fields(tmp_path):
     with pytest.raises(CheckpointError, match="base_channels: 8 in checkpoint vs 16 now.*timesteps") as err:
         load_checkpoint(tmp_path, changed)
     assert "steps:" not in str(err.value).replace("timesteps", "")   # steps may change
+
+
+def test_weights_with_nan_or_inf_are_refused_naming_the_tensor(tmp_path):
+    """A run that diverged must not be sampled from or resumed: the tensor is named."""
+    for bad in (float("nan"), float("inf")):
+        model, ema, state, config = _save(tmp_path)
+        ema["b"][1] = bad
+        save_checkpoint(tmp_path, model_state=model, ema_state=ema, state=state, config=config)
+        with pytest.raises(CheckpointError, match=r"ema.safetensors holds NaN or infinite weights "
+                                                  r"\(b: 1 of 3 values\): the run diverged"):
+            load_checkpoint(tmp_path)
+    model["w"][:] = float("-inf")
+    model["b"][0] = float("nan")
+    ema["b"][1] = 0.0
+    save_checkpoint(tmp_path, model_state=model, ema_state=ema, state=state, config=config)
+    with pytest.raises(CheckpointError, match=r"model.safetensors .*\(b: 1 of 3 values; 1 more "
+                                              r"tensor\(s\) too\)"):      # b named first: by name
+        load_checkpoint(tmp_path)
+
+
+def test_a_weight_mismatch_names_the_first_differing_tensors_and_shapes():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    weights.pop("1.bias")
+    weights["0.weight"] = torch.zeros(5, 3)
+    weights["head.weight"] = torch.zeros(7)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(net, weights, "ckpt")
+    message = str(err.value)
+    assert "1 missing (1.bias 2)" in message
+    assert "1 unexpected (head.weight 7)" in message
+    assert "1 of another shape (0.weight 5x3 in the file vs 4x3 here)" in message
+    many = {f"extra{i}": torch.zeros(1) for i in range(5)}
+    assert "5 unexpected (extra0 1, extra1 1, extra2 1, and 2 more)" in C.weight_mismatch({}, many)
+    assert C.weight_mismatch(net.state_dict(), net.state_dict()) == ""
+    load_weights(net, net.state_dict())                   # matching weights load
+
+
+def test_run_config_is_written_atomically(tmp_path, monkeypatch):
+    config = get_config("tiny", run_dir=str(tmp_path))
+    C.write_run_config(tmp_path, config)
+    assert C.read_run_config(tmp_path) == config
+
+    def crash(*args):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(C.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        C.write_run_config(tmp_path, get_config("tiny", run_dir=str(tmp_path), steps=99))
+    assert C.read_run_config(tmp_path).steps == config.steps       # the old file, whole
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]           # no temporary file left
+
+
+@pytest.mark.parametrize("damage", [b"", b"  \n", b"\xff\xfe\x00garbage", b'{"steps": 1',
+                                    b"[1, 2]", b'{"learning_rate": 1}'])
+def test_a_damaged_run_config_falls_back_to_the_checkpoints_copy(tmp_path, capsys, damage):
+    _, _, _, config = _save(tmp_path)
+    (tmp_path / "config.json").write_bytes(damage)
+    assert C.read_run_config(tmp_path) == config
+    note = capsys.readouterr().err
+    assert note.startswith(f"note: {tmp_path / 'config.json'} cannot be read")
+    assert "checkpoint's copy" in note
+    (tmp_path / "checkpoint" / "config.json").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"and so does the checkpoint's copy .*--overwrite"):
+        C.read_run_config(tmp_path)
+
+
+def test_a_missing_run_config_is_taken_from_the_checkpoint(tmp_path, capsys):
+    _, _, _, config = _save(tmp_path)
+    assert C.read_run_config(tmp_path) == config
+    assert capsys.readouterr().err.startswith(f"note: {tmp_path / 'config.json'} is missing; using")
+
+
+def test_a_damaged_run_config_without_a_checkpoint_says_what_to_do(tmp_path):
+    (tmp_path / "config.json").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"config.json cannot be read \(the file is empty\) "
+                                              r"and .* holds no checkpoint .*--overwrite"):
+        C.read_run_config(tmp_path)

@@ -305,3 +305,164 @@ def test_a_gpu_only_mistake_is_explained():
     message = C._explain(RuntimeError("Expected all tensors to be on the same device, but "
                                       "found at least two devices, cuda:0 and cpu!"), "fn(x)")
     assert "device=x.device" in message
+
+
+# ---------------------------------------------------------------- feedback that names the equation
+def test_ddim_wrap_at_the_last_step_is_named_although_it_gives_nan():
+    """The known mistake is tried before the NaN check: alphas_cumprod[-1] at t_prev = −1
+    makes x_prev NaN, and the message says why."""
+    def wrapping(x_t, t, t_prev, eps, abar, eta, z):
+        ab, abp = per_example(abar, t, x_t), per_example(abar, t_prev, x_t)  # abar[-1] wraps
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
+        return abp.sqrt() * x0 + (1 - abp - sigma ** 2).sqrt() * eps + sigma * z
+    res = run("ddim_step", wrapping)
+    assert [p.name for p in res.parts if not p.passed] == ["last step to x_0 (t_prev = −1), η = 0.5"]
+    assert "wraps around" in res.messages[0] and "NaN or inf" not in res.messages[0]
+
+
+def test_beta_used_for_one_minus_alphas_cumprod_is_named_in_every_failing_part():
+    def sqrt_beta(x_t, t, eps, betas):  # coefficient √β_t = β_t/√β_t instead of β_t/√(1 − ᾱ_t)
+        b = per_example(betas, t, x_t)
+        return (x_t - b.sqrt() * eps) / (1 - b).sqrt()
+
+    def beta_over_beta(x_t, t, eps, betas):  # β_t/(1 − ᾱ_t) with β_t for 1 − ᾱ_t, and no root
+        b = per_example(betas, t, x_t)
+        return (x_t - b / b * eps) / (1 - b).sqrt()
+    for wrong in (sqrt_beta, beta_over_beta):
+        res = run("mean_from_eps", wrong)
+        failed = [p for p in res.parts if p.passed is False]
+        assert failed and "β_t is used where the equation has 1 − ᾱ_t" in failed[0].message
+        assert all("β_t is used" in p.message or p.message.startswith("same problem as")
+                   for p in failed), res.report()
+        assert "missing square root" not in res.report()
+    res = run("q_sample", lambda x0, t, n, a: per_example(a, t, x0).sqrt() * x0
+              + (1 - per_example(a, t, x0) / per_example(prev(a), t, x0)).sqrt() * n)
+    assert "β_t is used where the equation has 1 − ᾱ_t" in failure_text(res)
+
+
+def test_huber_loss_is_named_as_such():
+    text = failure_text(run("loss", lambda p, e: torch.nn.functional.huber_loss(p, e)))
+    assert "Huber" in text and "mean((ε − ε_θ)²)" in text and "times" not in text
+
+
+def test_an_unnamed_mistake_quotes_the_equation_to_use():
+    def half_noise(x0, t, noise, abar):
+        return per_example(abar, t, x0).sqrt() * x0 + 0.5 * noise
+    text = failure_text(run("q_sample", half_noise))
+    assert "x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε" in text and "docstring" not in text
+
+
+def test_same_problem_points_to_the_part_that_had_it():
+    def wrong(x0, t, noise, abar):
+        if x0.shape[0] == 3:  # the first- and last-step cases: a different mistake
+            return T_plus_one_noise(x0, t, noise, abar)
+        return q_sample(x0, t, -noise, abar)
+
+    def T_plus_one_noise(x0, t, noise, abar):
+        a = per_example(abar, t, x0)
+        return a.sqrt() * x0 + (1 - a) * noise
+    res = run("q_sample", wrong)
+    by_name = {p.name: p.message for p in res.parts}
+    assert "wrong sign" in by_name["random t, float32, (4, 1, 5, 6) images"]
+    assert by_name["last step (t = T − 1)"] == "same problem as above."
+    assert by_name["batch of 1"] == "same problem as in “random t, float32, (4, 1, 5, 6) images”."
+
+
+# ---------------------------------------------------------------- the classroom: graded out of process
+from diffusion_tutorial.checks import classroom, verify  # noqa: E402
+
+SETUP = """import math
+import numpy as np
+import torch
+import diffusion_tutorial as dt
+from diffusion_tutorial import checks
+STUDENT_ID = "s1"
+"""
+HONEST = {
+    "scale_to_model_range": "def scale_to_model_range(x):\n    return 2 * x - 1\n",
+    "q_sample": ("def q_sample(x0, t, noise, alphas_cumprod):\n"
+                 "    a = alphas_cumprod[t].view(-1, *[1] * (x0.ndim - 1))\n"
+                 "    return a.sqrt() * x0 + (1 - a).sqrt() * noise\n"),
+    "cosine_schedule": ("def cosine_schedule(T, s=0.008):\n"
+                        "    steps = torch.arange(T + 1, dtype=torch.float64)\n"
+                        "    f = torch.cos((steps / T + s) / (1 + s) * math.pi / 2) ** 2\n"
+                        "    abar = f / f[0]\n"
+                        "    return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)\n")}
+
+
+def forward_notebook(**answers):
+    cells = [SETUP] + [answers.get(q, code) for q, code in HONEST.items()]
+    return {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "source": c} for c in cells],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_student_seed_is_fixed_per_student_and_differs_between_students():
+    assert classroom.student_seed("s1", "q") == classroom.student_seed("s1", "q") < 2 ** 32
+    assert len({classroom.student_seed(s, "q") for s in ("s1", "s2", "s3")}) == 3
+    assert classroom.student_seed("s1", "q") != classroom.student_seed("s1", "p")
+
+
+def test_the_audit_flags_rebinding_reference_imports_delegation_and_hard_coded_numbers():
+    nb = forward_notebook(
+        scale_to_model_range="torch.allclose = lambda *a, **k: True\nimport builtins\nbuiltins.abs = abs\n"
+                             "np.testing.assert_allclose = None\nsetattr(checks, 'check_q_sample', print)\n"
+                             "def scale_to_model_range(x):\n    return 2 * x - 1\n",
+        q_sample="from diffusion_tutorial.checks import _reference_q_sample as q_sample\n",
+        cosine_schedule="def cosine_schedule(T, s=0.008):\n    return dt.cosine_beta_schedule(T, s)\n"
+                        "sample_std = {5: 0.31622776601683794, 10: 0.4, 50: 0.48}\n")
+    flags = " | ".join(classroom.audit_notebook(nb, ["q_sample", "cosine_schedule"]))
+    for expected in ["rebinds torch.allclose", "rebinds builtins.abs",
+                     "rebinds numpy.testing.assert_allclose",
+                     "rebinds an attribute of diffusion_tutorial.checks with setattr()",
+                     "private diffusion_tutorial.checks._reference_q_sample (a reference solution)",
+                     "cosine_schedule calls the package's cosine_beta_schedule",
+                     "hard-coded numbers in cell 3: {5: 0.31622776601683794, 10: 0.4, 50: 0.48}"]:
+        assert expected in flags, (expected, flags)
+    assert classroom.audit_notebook(forward_notebook(), list(HONEST)) == []
+
+
+def test_student_id_comes_from_the_cell_then_the_metadata_then_the_fallback():
+    nb = forward_notebook()
+    assert classroom.student_id(nb, "file") == ("s1", "STUDENT_ID cell")
+    nb["cells"][0]["source"] = SETUP.replace('"s1"', '""')
+    assert classroom.student_id(nb, "file") == ("file", "file name")
+    nb["metadata"] = {"diffusion_tutorial": {"student_id": "s9"}}
+    assert classroom.student_id(nb, "file") == ("s9", "notebook metadata")
+
+
+@pytest.mark.slow
+def test_answers_are_graded_again_out_of_process_where_patches_and_delegation_fail(tmp_path):
+    honest = verify.verify_notebook(forward_notebook(), "forward_process", "s1", notebook_dir=str(tmp_path))
+    assert all(v.passed for v in honest.questions.values()), honest.report()
+    assert honest.flags == []
+
+    wrong_q_sample = HONEST["q_sample"].replace("a.sqrt() * x0", "a * x0")
+    patched = verify.verify_notebook(forward_notebook(
+        scale_to_model_range="torch.allclose = lambda *a, **k: True\n"
+                             "torch.testing.assert_close = lambda *a, **k: None\n"
+                             "np.allclose = lambda *a, **k: True\nimport builtins\nbuiltins.max = min\n"
+                             "checks.check_q_sample = lambda *a, **k: None\n"
+                             + HONEST["scale_to_model_range"],
+        q_sample=wrong_q_sample,
+        cosine_schedule="def cosine_schedule(T, s=0.008):\n    return dt.cosine_beta_schedule(T, s)\n"),
+        "forward_process", "s1", notebook_dir=str(tmp_path))
+    verdicts = patched.questions
+    assert verdicts["scale_to_model_range"].passed
+    assert not verdicts["q_sample"].passed and "differs from the reference" in verdicts["q_sample"].message
+    assert not verdicts["cosine_schedule"].passed
+    assert "calls the package's schedules.cosine_beta_schedule" in verdicts["cosine_schedule"].message
+    flags = " | ".join(patched.flags)
+    for name in ["torch.allclose", "torch.testing.assert_close", "numpy.allclose", "builtins.max",
+                 "diffusion_tutorial.checks.check_q_sample"]:
+        assert f"rebinds {name} (seen when the notebook ran)" in flags, (name, flags)
+    assert "(delegation)" in flags
+
+    imported = verify.verify_notebook(forward_notebook(
+        q_sample="from diffusion_tutorial.checks import _reference_q_sample as q_sample\n",
+        scale_to_model_range="scale_to_model_range = dt.to_model_range\n"), "forward_process", "s1",
+        notebook_dir=str(tmp_path))
+    assert imported.questions["cosine_schedule"].passed
+    message = imported.questions["q_sample"].message
+    assert "is diffusion_tutorial.checks.harness._reference_q_sample" in message
+    assert "is diffusion_tutorial.data.to_model_range" in imported.questions["scale_to_model_range"].message

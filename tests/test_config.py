@@ -38,10 +38,65 @@ def test_overrides_and_unknown_names():
     ("schedule", "cosin", "did you mean 'cosine'"),
     ("sample_steps", 2000, "cannot exceed timesteps"),
     ("image_size", 30, "cannot be halved"),
+    ("seed", 2**64, r"seed must be an integer in \[-2\*\*63, 2\*\*63\)"),
+    ("data_dir", " ", "data_dir is empty"),
+    ("run_dir", "", "run_dir is empty"),
 ])
 def test_bad_values_give_clear_errors(field, value, words):
     with pytest.raises(ConfigError, match=words):
         get_config("quick", **{field: value})
+
+
+@pytest.mark.parametrize("field, interval", [
+    ("lr", "(0, inf)"), ("weight_decay", "[0, inf)"), ("grad_clip", "[0, inf)"),
+    ("dropout", "[0, 1)"), ("p_uncond", "[0, 1]"), ("ema_decay", "[0, 1)"),
+])
+def test_every_float_field_must_be_finite_and_in_its_interval(field, interval):
+    """nan, +-inf and values just outside the interval are refused with the interval named;
+    the ends the interval includes are accepted."""
+    low, high = interval[1:-1].split(", ")
+    outside = [float("nan"), float("inf"), float("-inf"), float(low) - 1e-9]
+    if high != "inf":
+        outside.append(float(high) + 1e-9)
+    for value in outside + ([float(low)] if interval[0] == "(" else []) + \
+            ([float(high)] if interval[-1] == ")" and high != "inf" else []):
+        with pytest.raises(ConfigError, match=rf"{field} must be a finite number in \{interval[0]}"
+                                              rf"{low}, {high}\{interval[-1]}, got"):
+            get_config("tiny", **{field: value})
+    if interval[0] == "[":
+        assert getattr(get_config("tiny", **{field: float(low)}), field) == float(low)
+    if interval[-1] == "]":
+        assert getattr(get_config("tiny", **{field: float(high)}), field) == float(high)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, 1.0, -0.01])
+@pytest.mark.parametrize("field", ["beta_start", "beta_end"])
+def test_betas_must_be_finite_and_inside_zero_one(field, value):
+    with pytest.raises(ConfigError, match=r"betas must lie in \(0, 1\)"):
+        get_config("tiny", **{field: value})
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("lr", "1e-3", "lr must be a number, got '1e-3' (str)"),
+    ("steps", 10.5, "steps must be an integer, got 10.5 (float)"),
+    ("batch_size", True, "batch_size must be an integer, got True (bool)"),
+    ("class_conditional", "yes", "class_conditional must be true or false"),
+    ("image_size", 8.0, "image_size must be an integer or null"),
+    ("dataset", 3, "dataset must be a string"),
+])
+def test_a_hand_edited_value_of_the_wrong_kind_is_named(field, value, words):
+    """config.json can be edited by hand: a value of the wrong kind is named, not a bare
+    TypeError from deep inside training."""
+    config = TrainConfig.from_dict({**get_config("tiny").to_dict(), field: value})
+    with pytest.raises(ConfigError) as err:
+        config.validate()
+    assert words in str(err.value)
+
+
+def test_an_unknown_device_is_named():
+    with pytest.raises(ConfigError, match="unknown device 'gpu': use auto, cpu, cuda"):
+        get_config("tiny", device="gpu")
+    assert get_config("tiny", device="cuda:1").device == "cuda:1"   # parsed, not required here
 
 
 def test_json_round_trip():

@@ -105,6 +105,67 @@ def test_truncated_idx_file_gives_clear_error(tmp_path):
     assert str(path) in str(err.value)
 
 
+def _damage(blob: bytes, how: str) -> bytes:
+    """An IDX file damaged one way: its first 4 bytes are the magic number, then the sizes."""
+    return {"magic": b"GIF8" + blob[4:],
+            "type": blob[:2] + bytes([0x0D]) + blob[3:],           # 0x0D: float32 values
+            "dims": blob[:3] + bytes([2]) + blob[4:],              # 2-D instead of 3-D
+            "header": blob[:9],                                   # cut inside the sizes
+            "values": blob[:-100],                                # cut inside the pixels
+            "longer": blob + b"\x00" * 7,
+            "gzip": gzip.compress(blob),                          # compressed, but not named .gz
+            "empty": b""}[how]
+
+
+@pytest.mark.parametrize("how, words", [
+    ("magic", "has a bad magic number (0x47494638, expected 0x00000803)"),
+    ("type", "has a bad magic number (0x00000d03, expected 0x00000803)"),
+    ("dims", "has 2 dimensions where 3 were expected"),
+    ("header", "is truncated inside its header (9 of 16 bytes)"),
+    ("values", "is truncated: its header promises 12 x 28 x 28 = 9,408 bytes of values, the file "
+               "holds 9,308"),
+    ("longer", "is longer than its header says: its header promises 12 x 28 x 28 = 9,408 bytes"),
+    ("gzip", "is gzip-compressed: rename it to train-images-idx3-ubyte.gz"),
+    ("empty", "has a bad magic number (0xempty"),
+])
+def test_a_damaged_idx_file_says_what_is_wrong_and_the_command_lines_remedy(tmp_path, how, words):
+    """A real IDX file (written by the test), damaged: the message says what is wrong and
+    what to do in the command line's terms, never the API's download=True."""
+    write_mnist(tmp_path, compress=False)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(_damage(path.read_bytes(), how))
+    with pytest.raises(CorruptDataError) as err:
+        get_dataset("mnist", tmp_path, download=True)     # a file that exists is not fetched again
+    message = str(err.value)
+    assert message.startswith(f"{path} {words}"), message
+    for remedy in ("delete it", "--data-dir", "--dataset mnist-sample"):
+        assert remedy in message, message
+    assert "download=True" not in message and "AssertionError" not in message
+
+
+def test_idx_labels_are_checked_too_and_the_good_file_still_reads(tmp_path):
+    from diffusion_tutorial.data_files import read_idx
+    _, labels = write_mnist(tmp_path, compress=False)
+    path = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    assert read_idx(path, ndim=1).tolist() == labels.tolist()
+    with pytest.raises(CorruptDataError, match="has 1 dimensions where 3 were expected"):
+        read_idx(path, ndim=3)                           # a label file where images belong
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CorruptDataError, match="is truncated: its header promises 12 = 12 bytes"):
+        get_dataset("mnist", tmp_path, download=False)
+
+
+def test_a_data_dir_that_cannot_hold_a_download_is_named_before_downloading(tmp_path, monkeypatch):
+    from diffusion_tutorial.outputs import OutputPathError
+    monkeypatch.setattr(urllib.request, "urlopen", None)        # a download attempt would fail
+    afile = tmp_path / "data.txt"
+    afile.write_text("mine")
+    with pytest.raises(OutputPathError, match="cannot write the downloaded mnist files in .*data.txt: "
+                                              ".*is a file, not a folder; point --data-dir"):
+        get_dataset("mnist", afile, download=True)
+    assert afile.read_text() == "mine"
+
+
 def test_corrupt_gzip_gives_clear_error(tmp_path):
     write_mnist(tmp_path, compress=True)
     gz = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
@@ -145,6 +206,37 @@ def test_corrupt_cifar_batch(tmp_path):
     with pytest.raises(CorruptDataError, match="delete") as err:
         get_dataset("cifar10", tmp_path, train=False, download=False)
     assert "test_batch" in str(err.value)
+
+
+class Evil:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_in_every_pickle_protocol_load_and_a_planted_one_is_refused(tmp_path, protocol):
+    """A batch is a pickle: it is read with an unpickler that allows numpy arrays and plain
+    containers only, so one that names another callable is refused and never run."""
+    batches = write_cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data, labels = batches["test_batch"]
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f, protocol=protocol)
+    ds = get_dataset("cifar10", tmp_path, train=False, download=False)
+    assert ds.targets.tolist() == labels and torch.equal(ds.data.reshape(len(data), -1),
+                                                        torch.from_numpy(data))
+    marker = tmp_path / "pwned"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": Evil(marker)}, f, protocol=protocol)
+    with pytest.raises(CorruptDataError, match=r"refusing to read .*test_batch: it is not a CIFAR-10 "
+                                               r"batch \(its pickle names (posix|os|nt)\.system"):
+        get_dataset("cifar10", tmp_path, train=False, download=False)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------------- names and downloads

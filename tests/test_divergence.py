@@ -41,7 +41,7 @@ def test_the_hint_names_grad_clip_only_when_it_is_off(tiny_config, bars):
     for clip, hinted in ((1.0, False), (0.0, True)):
         tiny_config.grad_clip = clip
         with pytest.raises(TrainingDiverged) as info:
-            train(tiny_config, progress=False, dataset=bars, model=NaNAfter(after=7))
+            train(tiny_config, progress=False, dataset=bars, model=NaNAfter(after=7), overwrite=True)
         assert ("set grad_clip" in str(info.value)) is hinted, str(info.value)
         assert "lower the learning rate" in str(info.value)
 

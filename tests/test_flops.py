@@ -39,3 +39,12 @@ def test_estimate_and_mfu_are_inverse():
         estimate_seconds(flops, steps, gpu="T5")
     with pytest.raises(ValueError, match="utilisation"):
         estimate_seconds(flops, steps, utilisation=0)
+
+
+def test_overhead_adds_a_fixed_cost_per_step():
+    flops, steps = 1e9, 500
+    base = estimate_seconds(flops, steps, gpu="T4", utilisation=0.1)
+    assert estimate_seconds(flops, steps, gpu="T4", utilisation=0.1, overhead_s=0.002) == \
+        pytest.approx(base + steps * 0.002)
+    with pytest.raises(ValueError, match="overhead_s"):
+        estimate_seconds(flops, steps, overhead_s=-1)

@@ -130,3 +130,46 @@ def test_evaluate_samples_separates_real_digits_from_noise(held_out):
 def test_shipped_classifier_is_not_confident_on_noise():
     from diffusion_tutorial.classifier import confident_share_on_noise, load_classifier
     assert confident_share_on_noise(load_classifier("cpu"), n=200, seed=1) < 0.05
+
+
+# ---------------------------------------------------------------------- standard errors
+def test_confident_share_standard_error_and_paired_difference_on_known_logits():
+    from diffusion_tutorial.metrics import confident_share_standard_error, paired_confident_difference
+    sure, unsure = [10.0] + [0.0] * 9, [0.0] * 10           # max prob 0.9992 vs 0.1
+    a = torch.tensor([sure] * 6 + [unsure] * 4)              # 6 of 10 confident
+    b = torch.tensor([sure] * 4 + [unsure] * 4 + [sure] * 2)  # 6 of 10, but other rows
+    assert confident_share_standard_error(a) == pytest.approx(math.sqrt(0.6 * 0.4 / 10))
+    diff, se = paired_confident_difference(a, b)
+    d = np.array([0] * 4 + [-1] * 2 + [0] * 2 + [1] * 2, dtype=float)  # c_b - c_a row by row
+    assert diff == pytest.approx(0.0) and se == pytest.approx(d.std(ddof=1) / math.sqrt(10))
+    diff, se = paired_confident_difference(a, a)
+    assert diff == 0 and se == 0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_confident_difference(a, b[:5])
+
+
+def test_fid_bootstrap_standard_error_matches_the_spread_over_independent_draws():
+    """The bootstrap error from ONE generated set should match the real spread of the FID
+    over many independent generated sets of the same size (within the bootstrap's own
+    noise, ~25 % at these sizes), at two sample sizes."""
+    from diffusion_tutorial.metrics import fid_standard_error
+    g = torch.Generator().manual_seed(0)
+    D = 4
+    ref = torch.randn(20000, D, generator=g, dtype=torch.float64)
+    def draw(n):  # a "model" whose features are shifted and stretched
+        return 0.3 + 1.5 * torch.randn(n, D, generator=g, dtype=torch.float64)
+    for n in (100, 400):
+        spread = np.std([fid_from_features(draw(n), ref) for _ in range(300)], ddof=1)
+        boot = np.mean([fid_standard_error(draw(n), ref, n_boot=100, seed=s) for s in range(5)])
+        assert 0.7 < boot / spread < 1.4, (n, boot, spread)
+
+
+def test_evaluate_samples_reports_standard_errors_when_asked(held_out):
+    images, _ = held_out
+    plain = evaluate_samples(images[:60])
+    with_se = evaluate_samples(images[:60], n_boot=20)
+    assert "fid_se" not in plain and with_se["fid"] == plain["fid"]
+    p = with_se["confident_share"]
+    assert with_se["confident_share_se"] == pytest.approx(math.sqrt(p * (1 - p) / 60))
+    # the FID of 60 real digits moves by a few units from draw to draw, not by 0 or 100s
+    assert 0.5 < with_se["fid_se"] < 0.5 * with_se["fid"]

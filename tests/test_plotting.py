@@ -100,3 +100,20 @@ def test_animations_render_to_jshtml():
     assert isinstance(anim2, FuncAnimation) and "data:image/png" in anim2.to_jshtml()
     with pytest.raises(ValueError, match="titles"):
         animate_trajectory(frames, titles=["a"])
+
+
+def test_save_grid_never_leaves_half_a_png(tmp_path, monkeypatch):
+    """A write cut short (Ctrl-C, a full disk) keeps the earlier grid whole and leaves no
+    temporary file."""
+    path = save_grid(torch.zeros(4, 1, 8, 8), tmp_path / "grid.png")
+    before = path.read_bytes()
+
+    def cut_short(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        save_grid(torch.ones(4, 1, 8, 8), path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]

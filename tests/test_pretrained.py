@@ -68,3 +68,25 @@ def test_shipped_model_samples_finite_digits():
     untrained = ddim_sample(diffusion, lambda x_t, t: torch.zeros_like(x_t), (4, 1, 28, 28), steps=5,
                             generator=torch.Generator().manual_seed(0), progress=False)
     assert x.abs().mean() < 2 < 50 < untrained.abs().mean()
+
+
+def test_conditional_model_records_its_command_and_guidance_sweep():
+    info = read_info("mnist_cond")
+    assert "--class-conditional" in info["command"] and info["config"]["class_conditional"]
+    assert info["model"]["num_classes"] == 10
+    assert info["sha256"] == sha256_file(PRETRAINED_DIR / info["weights"])
+    rows = info["guidance_sweep"]["rows"]
+    assert [row["w"] for row in rows] == [0.0, 1.0, 3.0, 5.0, 8.0]
+    for row in rows:
+        assert {"class_match", "class_match_se", "fid", "fid_se", "fid_floor", "n"} <= set(row)
+    assert info["metrics"] == rows[1]   # the headline metrics are those of w = 1
+
+
+def test_conditional_model_draws_the_requested_digits():
+    from diffusion_tutorial.guidance import guidance_sweep
+    from diffusion_tutorial.metrics import classify
+    model, diffusion, _ = load_pretrained("mnist_cond", device="cpu")
+    samples, labels = guidance_sweep(model, diffusion, [0.0, 3.0], 2, steps=10, seed=0)
+    match = {w: (classify(x)[1].argmax(1) == labels).float().mean().item() for w, x in samples.items()}
+    # 20 digits: guided, nearly all are the requested class; unguided (w = 0), about 1 in 10
+    assert match[3.0] >= 0.8 > 0.5 > match[0.0]

@@ -202,7 +202,8 @@ def host_reads():
 def test_a_training_step_reads_nothing_back_from_the_device(tiny_config):
     """Five steps of the trainer (batch gathering, label dropout, loss, backward, clipping,
     AdamW, schedule, EMA) read no tensor value into Python; the only reads inside the
-    package are the timestep range checks of GaussianDiffusion (p_losses' own validation)."""
+    package are the timestep range checks of GaussianDiffusion (p_losses' own validation),
+    which read back on a CPU only: on a GPU they are asserted on the device (utils)."""
     tiny_config.class_conditional = True
     run = build(tiny_config, None, DistInfo(device=torch.device("cpu")))
     restore(run, None, False, False)

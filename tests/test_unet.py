@@ -135,3 +135,28 @@ def test_tiny_unet_overfits_a_tiny_batch():
     with torch.no_grad():  # the trained network uses t
         out = model(x0[:1].expand(2, -1, -1, -1), torch.tensor([0, 99]))
     assert (out[0] - out[1]).abs().max() > 1e-2
+
+
+def test_attention_weights_are_the_softmax_the_block_applies():
+    """Independent truth: the weights recomputed by hand from the block's own layers, rows
+    that sum to 1, and the block's output rebuilt as x + proj(weights · v)."""
+    from diffusion_tutorial.unet import AttentionBlock
+    torch.manual_seed(0)
+    heads, C, H, W = 4, 16, 3, 5
+    block = randomise_output(AttentionBlock(C, heads, groups=4)).eval()
+    x = torch.randn(2, C, H, W)
+    weights = block.attention_weights(x)
+    assert weights.shape == (2, heads, H * W, H * W)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, heads, H * W))
+    d = C // heads
+    tokens = block.norm(x).flatten(2).transpose(1, 2)            # (B, HW, C), row-major positions
+    q, k, v = block.qkv(tokens).split(C, dim=-1)                  # each (B, HW, C)
+    q, k, v = (a.reshape(2, H * W, heads, d).transpose(1, 2) for a in (q, k, v))
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) / d ** 0.5
+    by_hand = scores.exp() / scores.exp().sum(-1, keepdim=True)
+    torch.testing.assert_close(weights, by_hand, atol=1e-6, rtol=1e-5)
+    mixed = (weights @ v).transpose(1, 2).reshape(2, H * W, C)    # heads side by side again
+    rebuilt = x + block.proj(mixed).transpose(1, 2).reshape(2, C, H, W)
+    torch.testing.assert_close(block(x), rebuilt, atol=1e-5, rtol=1e-4)
+    # attention really depends on the content: another input gives other weights
+    assert (block.attention_weights(x.flip(-1)) - weights).abs().max() > 1e-3

@@ -13,6 +13,9 @@ from .harness import (CheckResult, compare, not_a_tensor, run_check, shift_mista
                       _reference_cosine_schedule, _reference_q_sample, _reference_scale_to_model_range)
 
 
+Q_SAMPLE = "x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε (DDPM eq. 4)"
+
+
 def check_q_sample(fn, *, strict: bool = False, verbose: bool = True, seed: int = 0) -> CheckResult:
     """Check ``fn(x0, t, noise, alphas_cumprod) -> x_t``, the closed-form forward process
 
@@ -31,28 +34,38 @@ def check_q_sample(fn, *, strict: bool = False, verbose: bool = True, seed: int 
             return changed
         ref = _reference_q_sample(x0, t, noise, abar)
         a = extract(abar, t, x0.shape)
+        b = 1 - a / extract(torch.cat([abar.new_ones(1), abar[:-1]]), t, x0.shape)  # β_t
         mistakes = [
-            ("missing square root on ᾱ_t: x0 is multiplied by ᾱ_t, it must be √ᾱ_t "
-             "(the square root of alphas_cumprod[t]); without it Var(x_t) is not 1.",
+            (f"missing square root on ᾱ_t: x0 is multiplied by ᾱ_t, it must be √ᾱ_t "
+             f"(the square root of alphas_cumprod[t]); without it Var(x_t) is not 1. {Q_SAMPLE}.",
              a * x0 + (1 - a).sqrt() * noise),
-            ("missing square root on 1 − ᾱ_t: the noise is multiplied by the variance "
-             "1 − ᾱ_t; multiply it by the standard deviation √(1 − ᾱ_t).",
+            (f"missing square root on 1 − ᾱ_t: the noise is multiplied by the variance "
+             f"1 − ᾱ_t; multiply it by the standard deviation √(1 − ᾱ_t). {Q_SAMPLE}.",
              a.sqrt() * x0 + (1 - a) * noise),
-            ("both square roots are missing: x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε.",
-             a * x0 + (1 - a) * noise),
-            ("x0 and the noise have swapped coefficients: x0 takes √ᾱ_t, the noise √(1 − ᾱ_t).",
+            (f"both square roots are missing: {Q_SAMPLE}.", a * x0 + (1 - a) * noise),
+            (f"β_t is used where the equation has 1 − ᾱ_t: β_t is the variance one step adds, "
+             f"1 − ᾱ_t the variance of all t steps together (they agree only at the first "
+             f"step). {Q_SAMPLE}.", a.sqrt() * x0 + b.sqrt() * noise),
+            (f"the noise is multiplied by β_t; it must be √(1 − ᾱ_t), the standard deviation "
+             f"of all t steps together, not the variance of one step. {Q_SAMPLE}.",
+             a.sqrt() * x0 + b * noise),
+            (f"x0 and the noise have swapped coefficients: {Q_SAMPLE}.",
              (1 - a).sqrt() * x0 + a.sqrt() * noise),
-            ("wrong sign on the noise term: x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε (a plus).",
+            (f"wrong sign on the noise term: {Q_SAMPLE} (a plus).",
              a.sqrt() * x0 - (1 - a).sqrt() * noise),
-            ("the noise term is missing: add √(1 − ᾱ_t) · noise.", a.sqrt() * x0),
+            (f"the noise term is missing: {Q_SAMPLE}.", a.sqrt() * x0),
             ("x0 was rescaled inside q_sample: x0 is already in [−1, 1]; rescale data once "
              "(to_model_range) before the forward process, not here.",
              _reference_q_sample(x0 * 2 - 1, t, noise, abar)),
         ] + shift_mistakes(lambda tt: _reference_q_sample(x0, tt, noise, abar), t, case.T)
-        return compare(out, ref, mistakes, like=x0, what="x_t")
+        return compare(out, ref, mistakes, like=x0, what="x_t", equation=Q_SAMPLE)
 
     parts = parts_from_cases(with_cosine_case(timestep_cases()), run_case)
     return run_check("check_q_sample", fn, "fn(x0, t, noise, alphas_cumprod)", parts, strict, verbose)
+
+
+COSINE = ("ᾱ_t = f(t)/f(0) with f(t) = cos²(((t/T) + s)/(1 + s) · π/2) for t = 0..T, and "
+          "β_t = 1 − ᾱ_t/ᾱ_{t−1} for t = 1..T, clipped to at most 0.999 (Improved DDPM eq. 17)")
 
 
 def _cosine_mistakes(T: int, s: float) -> list:
@@ -69,7 +82,7 @@ def _cosine_mistakes(T: int, s: float) -> list:
         ("you returned ᾱ_t; the schedule asks for β_t = 1 − ᾱ_t/ᾱ_{t−1}.", abar[:-1]),
         ("β_t = 1 − ᾱ_t/ᾱ_{t−1} (a ratio of neighbours), not 1 − ᾱ_t.",
          (1 - abar[1:]).clamp(max=0.999)),
-        ("f(t) is the square of the cosine: cos²(...), not cos(...).",
+        ("f(t) is the square of the cosine, f(t) = cos²(((t/T) + s)/(1 + s) · π/2), not cos(...).",
          ratio(c).clamp(max=0.999)),
         ("the offset s is ignored: use it in f(t) = cos²(((t/T) + s)/(1 + s) · π/2).",
          _reference_cosine_schedule(T, 0.008 if s != 0.008 else 0.0)),
@@ -99,7 +112,7 @@ def check_cosine_schedule(fn, *, strict: bool = False, verbose: bool = True) -> 
                     "t = 0, 1, ..., T (torch.arange(T + 1)), which give T values of β_t.")
         out = out.detach().cpu().double()
         ref = _reference_cosine_schedule(T, s)
-        message = compare(out, ref, _cosine_mistakes(T, s), what="betas")
+        message = compare(out, ref, _cosine_mistakes(T, s), what="betas", equation=COSINE)
         if message is None and not ((out > 0).all() and (out <= 0.999).all()):
             return "every β_t must lie in (0, 0.999]."
         return message
@@ -131,7 +144,8 @@ def check_scale_to_model_range(fn, *, strict: bool = False, verbose: bool = True
             ("flipped: 0 must map to −1 and 1 to +1 (2x − 1, not 1 − 2x).", 1 - 2 * x),
             ("the input was divided by 255, but it is already in [0, 1].", x / 255 * 2 - 1),
         ]
-        return compare(out, _reference_scale_to_model_range(x), mistakes, like=x, what="the result")
+        return compare(out, _reference_scale_to_model_range(x), mistakes, like=x, what="the result",
+                       equation="x ↦ 2x − 1")
 
     cases = [Case("images (4, 1, 5, 6), float32"),
              Case("batch of 1, 3 channels", (1, 3, 4, 4)),

@@ -17,11 +17,14 @@ How to add a check (``check_v_from_eps`` as the example):
 3. **One case.** Write ``run_case(fn, case)``: draw inputs with ``g = generator(seed)``,
    ``case.randn(g)``, ``case.timesteps(g)`` and ``case.betas_and_alphas_cumprod()``; call the
    student's function through ``call_unmodified``; return
-   ``compare(out, reference, mistakes, like=x, what="v")``, where ``mistakes`` lists
-   ``(message, value)`` pairs, the value a wrong answer would give. Each message names the
-   mistake and quotes the equation to use. ``shift_mistakes`` adds t ± 1. ``run_case``
-   returns None (passed), a message (failed) or ``Stop(message)`` (failed so badly that the
-   remaining cases are skipped).
+   ``compare(out, reference, mistakes, like=x, what="v", equation=V)``, where ``mistakes``
+   lists ``(message, value)`` pairs, the value a wrong answer would give, and ``V`` is the
+   equation in words, which the messages that name no particular mistake quote. Each mistake's
+   message names the mistake and quotes the equation to use; mistakes are tried before the
+   NaN check (a known mistake may give NaN), and when several fit, the report keeps the one
+   named in an earlier part. ``shift_mistakes`` adds t ± 1. ``run_case`` returns None
+   (passed), a message (failed) or ``Stop(message)`` (failed so badly that the remaining
+   cases are skipped).
 4. **The check.** ``return run_check("check_v_from_eps", fn, "fn(eps, x_t, t, alphas_cumprod)",
    parts_from_cases(cases, run_case), strict, verbose)`` in the module of its chapter
    (forward, reverse, loss, sampling, or a new one), and export it from ``checks/__init__.py``.
@@ -141,7 +144,11 @@ def _reference_ddpm_step(x_t, t, eps, betas, z, variance="beta"):
 
 def _reference_ddim_step(x_t, t, t_prev, eps, alphas_cumprod, eta, z):
     d = diffusion_for(_betas_from_alphas_cumprod(alphas_cumprod), x_t.device)
-    return d.ddim_step(x_t, t, t_prev, eps, eta=eta, noise=z)
+    # int timesteps take the package's float64 coefficients (its buffers are float32, whose
+    # rounding 1/√ᾱ_t amplifies beyond the float64 tolerance); so one example at a time
+    rows = [d.ddim_step(x_t[i:i + 1], int(t[i]), int(t_prev[i]), eps[i:i + 1], eta=eta, noise=z[i:i + 1])
+            for i in range(x_t.shape[0])]
+    return torch.cat(rows)
 
 
 def _reference_loss(eps_pred, eps):
@@ -161,12 +168,13 @@ def _reference_score_from_eps(eps, t, alphas_cumprod):
 
 
 # ============================================================ comparing
-def close(a, b, dtype=torch.float32) -> bool:
-    """``a`` is a tensor of ``b``'s shape within the tolerance for ``dtype``."""
+def close(a, b, dtype=torch.float32, equal_nan: bool = False) -> bool:
+    """``a`` is a tensor of ``b``'s shape within the tolerance for ``dtype`` (NaN matching NaN
+    when ``equal_nan``: a known mistake may well give NaN, e.g. √ of a negative)."""
     atol, rtol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
     return (isinstance(a, torch.Tensor) and a.shape == b.shape
             and torch.allclose(a.detach().double().cpu(), b.detach().double().cpu(),
-                               atol=atol, rtol=rtol))
+                               atol=atol, rtol=rtol, equal_nan=equal_nan))
 
 
 def not_a_tensor(out, what: str = "the result") -> Optional[Stop]:
@@ -179,13 +187,28 @@ def not_a_tensor(out, what: str = "the result") -> Optional[Stop]:
     return None
 
 
-def compare(out, ref, mistakes=(), like=None, what="the result") -> Outcome:
+class Candidates(str):
+    """The message of the first known mistake that fits, remembering the others that fit as
+    well (at t = 0, for example, 1 − ᾱ_t equals β_t, so two mistakes give the same numbers):
+    :func:`run_check` keeps the one it named in an earlier part."""
+    alternatives: tuple = ()
+
+    def __new__(cls, messages: list[str]) -> "Candidates":
+        candidates = super().__new__(cls, messages[0])
+        candidates.alternatives = tuple(messages)
+        return candidates
+
+
+def compare(out, ref, mistakes=(), like=None, what="the result", equation: str = "") -> Outcome:
     """None when ``out`` matches ``ref``; otherwise the most specific explanation.
-    ``mistakes`` are (message, value) pairs; a value of None is skipped."""
+
+    ``mistakes`` are (message, value) pairs, tried before anything else (a value of None is
+    skipped); ``equation`` is quoted by the messages that name no particular mistake."""
     problem = not_a_tensor(out, what)
     if problem:
         return problem
     like = ref if like is None else like
+    use = f" The equation: {equation}." if equation else ""
     if out.shape != ref.shape:
         return (f"wrong shape: {what} has shape {tuple(out.shape)}, expected "
                 f"{tuple(ref.shape)}.")
@@ -195,23 +218,26 @@ def compare(out, ref, mistakes=(), like=None, what="the result") -> Outcome:
     if out.dtype != like.dtype:
         return (f"{what} is {out.dtype} for {like.dtype} inputs: keep the input dtype "
                 "(don't create tensors with a fixed dtype; use dtype=x.dtype).")
-    if not torch.isfinite(out).all():
-        return f"{what} contains NaN or inf (a division by zero, or a log/sqrt of a negative?)."
     if close(out, ref, like.dtype):
         return None
-    for message, value in mistakes:
-        if value is not None and close(out, value, like.dtype):
-            return message
+    named = [m for m, value in mistakes if value is not None and close(out, value, like.dtype, True)]
+    if named:
+        return Candidates(named)
+    if not torch.isfinite(out).all():
+        return (f"{what} contains NaN or inf (a division by zero, or a log/sqrt of a "
+                f"negative?).{use}")
     o, r = out.detach().double().cpu().flatten(), ref.detach().double().cpu().flatten()
+    if r.numel() == 1:
+        return f"wrong value: {what} is {float(o):.4g}, expected {float(r):.4g}.{use}"
     if r.norm() > 0:
         c = float(o @ r / (r @ r))
         if abs(c - 1) > 1e-2 and close(o, c * r, like.dtype):
             if abs(c + 1) < 1e-3:
-                return f"wrong sign: {what} is the negative of the expected value."
-            return f"wrong scale: {what} is {c:.4g} times the expected value."
+                return f"wrong sign: {what} is the negative of the expected value.{use}"
+            return f"wrong scale: {what} is {c:.4g} times the expected value.{use}"
     err = (o - r).abs()
     return (f"wrong values: {what} differs from the reference by up to {err.max():.3g} "
-            f"(mean {err.mean():.3g}); re-read the equation in the docstring.")
+            f"(mean {err.mean():.3g}).{use}")
 
 
 def shift_mistakes(call: Callable, t: torch.Tensor, T: int) -> list:
@@ -268,6 +294,14 @@ def _attempt(test: Callable, fn: Callable, signature: str) -> Outcome:
         return explain_error(e, signature)
 
 
+def _same_problem(message: str, failures: list[tuple[str, str]]) -> Optional[str]:
+    """"same problem as above/as in ..." when an earlier part failed with this message."""
+    for i, (name, earlier) in enumerate(reversed(failures)):
+        if _without_numbers(earlier) == _without_numbers(message):
+            return "same problem as above." if i == 0 else f"same problem as in “{name}”."
+    return None
+
+
 def run_check(name: str, fn: Callable, signature: str, parts, strict: bool,
               verbose: bool) -> CheckResult:
     """Run every (part name, test) pair on ``fn``, report, and raise if ``strict``."""
@@ -277,6 +311,7 @@ def run_check(name: str, fn: Callable, signature: str, parts, strict: bool,
                                  f"got {type(fn).__name__}."))
         parts = []
     stopped = False
+    failures: list[tuple[str, str]] = []  # (part, message as first found)
     for part_name, test in parts:
         if stopped:
             result.parts.append(Part(part_name, None, "skipped"))
@@ -284,9 +319,14 @@ def run_check(name: str, fn: Callable, signature: str, parts, strict: bool,
         outcome = _attempt(test, fn, signature)
         stopped = isinstance(outcome, Stop)
         message = outcome.message if stopped else outcome
-        if message and _without_numbers(message) in {_without_numbers(p.message) for p in result.parts}:
-            message = "same problem as above."
-        result.parts.append(Part(part_name, message is None, message or ""))
+        if isinstance(message, Candidates):  # keep naming the mistake named before
+            message = next((m for m in message.alternatives if any(m == f for _, f in failures)),
+                           str(message))
+        shown = message
+        if message:
+            shown = _same_problem(message, failures) or message
+            failures.append((part_name, message))
+        result.parts.append(Part(part_name, message is None, shown or ""))
     if verbose and (result.passed or not strict):  # a strict failure shows it in the error
         print(result.report())
     if strict and not result.passed:

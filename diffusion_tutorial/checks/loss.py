@@ -11,6 +11,12 @@ from .harness import (CheckResult, Stop, close, compare, not_a_tensor, run_check
                       _reference_loss, _reference_p_losses, _reference_q_sample, _reference_score_from_eps)
 
 
+SCORE = "s_θ(x_t, t) = −ε_θ(x_t, t)/√(1 − ᾱ_t) (Song et al. 2021)"
+L_SIMPLE = "L_simple = mean((ε − ε_θ)²) over every element (DDPM eq. 14)"
+P_LOSSES = ("L = mean((ε − model(x_t, t))²) with x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε, the same t for "
+            "both (DDPM eq. 14)")
+
+
 def check_score_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed: int = 0) -> CheckResult:
     """Check ``fn(eps, t, alphas_cumprod) -> score``, the score the noise prediction implies:
 
@@ -29,14 +35,15 @@ def check_score_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed
         ref = _reference_score_from_eps(eps, t, abar)
         ab = extract(abar, t, eps.shape)
         mistakes = [
-            ("wrong sign: the score is −ε/√(1 − ᾱ_t); it points against the noise, back "
-             "towards the data.", -ref),
-            ("missing square root: divide by √(1 − ᾱ_t), the noise's standard deviation.",
+            (f"wrong sign: the score points against the noise, back towards the data. {SCORE}.", -ref),
+            (f"missing square root: divide by √(1 − ᾱ_t), the noise's standard deviation. {SCORE}.",
              -eps / (1 - ab)),
-            ("divide by √(1 − ᾱ_t), not by √ᾱ_t.", -eps / ab.sqrt()),
-            ("divide by √(1 − ᾱ_t) instead of multiplying.", -eps * (1 - ab).sqrt()),
+            (f"divide by √(1 − ᾱ_t), not by √ᾱ_t. {SCORE}.", -eps / ab.sqrt()),
+            (f"divide by √(1 − ᾱ_t) instead of multiplying. {SCORE}.", -eps * (1 - ab).sqrt()),
+            (f"β_t is used where the equation has 1 − ᾱ_t (they agree only at the first step). {SCORE}.",
+             -eps / (1 - ab / extract(torch.cat([abar.new_ones(1), abar[:-1]]), t, eps.shape)).sqrt()),
         ] + shift_mistakes(lambda tt: _reference_score_from_eps(eps, tt, abar), t, case.T)
-        return compare(out, ref, mistakes, like=eps, what="the score")
+        return compare(out, ref, mistakes, like=eps, what="the score", equation=SCORE)
 
     parts = parts_from_cases(with_cosine_case(timestep_cases()), run_case)
     return run_check("check_score_from_eps", fn, "fn(eps, t, alphas_cumprod)", parts, strict, verbose)
@@ -77,14 +84,19 @@ def check_loss(fn, *, strict: bool = False, verbose: bool = True, seed: int = 0)
         ref = _reference_loss(eps_pred, eps)
         diff = (eps_pred - eps).detach()
         mistakes = [
-            ("you summed the squared errors; L_simple takes their mean.", (diff ** 2).sum()),
+            (f"you summed the squared errors; take their mean. {L_SIMPLE}.", (diff ** 2).sum()),
             ("you summed over the pixels and averaged over the batch; take the mean over "
-             "every element (as F.mse_loss does).", (diff ** 2).flatten(1).sum(1).mean()),
-            ("this is the mean absolute error; square the differences.", diff.abs().mean()),
-            ("you took the square root (RMSE); L_simple is the mean squared error.",
+             f"every element (as F.mse_loss does). {L_SIMPLE}.", (diff ** 2).flatten(1).sum(1).mean()),
+            (f"this is the mean absolute error; square the differences. {L_SIMPLE}.", diff.abs().mean()),
+            (f"you took the square root (RMSE); take the mean squared error itself. {L_SIMPLE}.",
              (diff ** 2).mean().sqrt()),
+            ("this is the Huber (smooth L1) loss, as F.huber_loss or F.smooth_l1_loss compute it; "
+             f"DDPM's loss is the plain squared error, e.g. F.mse_loss(eps_pred, eps). {L_SIMPLE}.",
+             torch.nn.functional.huber_loss(eps_pred.detach(), eps)),
+            (f"you halved the squared errors (the 1/2 of some derivations); {L_SIMPLE}.",
+             (diff ** 2).mean() / 2),
         ]
-        message = compare(out, ref, mistakes, like=eps, what="the loss")
+        message = compare(out, ref, mistakes, like=eps, what="the loss", equation=L_SIMPLE)
         if message or not grad:
             return message
         if not out.requires_grad:
@@ -92,7 +104,7 @@ def check_loss(fn, *, strict: bool = False, verbose: bool = True, seed: int = 0)
                     "or torch.tensor(...) inside the loss.")
         out.backward()
         if eps_pred.grad is None or not close(eps_pred.grad, 2 * diff / diff.numel(), case.dtype):
-            return "the gradient with respect to eps_pred is wrong (expected 2(ε_θ − ε)/N)."
+            return f"the gradient with respect to eps_pred is wrong (expected 2(ε_θ − ε)/N). {L_SIMPLE}."
         return None
 
     cases = [Case("images (4, 1, 5, 6)"),
@@ -145,18 +157,20 @@ def check_p_losses(fn, *, strict: bool = False, verbose: bool = True, seed: int 
         x_t = _reference_q_sample(x0, t, noise, abar)
         mse = lambda p, q: ((p - q) ** 2).mean()  # noqa: E731
         mistakes = [
-            ("the model must see the noisy x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, not x0.",
-             mse(model(x0, t), noise)),
-            ("the target is the noise ε, not x0.", mse(model(x_t, t), x0)),
-            ("missing square root on ᾱ_t when making x_t.",
+            (f"the model must see the noisy x_t, not x0. {P_LOSSES}.", mse(model(x0, t), noise)),
+            (f"the target is the noise ε, not x0. {P_LOSSES}.", mse(model(x_t, t), x0)),
+            (f"missing square root on ᾱ_t when making x_t. {P_LOSSES}.",
              mse(model(a * x0 + (1 - a).sqrt() * noise, t), noise)),
-            ("the model must get the same 0-based t that made x_t (not t + 1).",
+            (f"missing square root on 1 − ᾱ_t when making x_t. {P_LOSSES}.",
+             mse(model(a.sqrt() * x0 + (1 - a) * noise, t), noise)),
+            (f"the model must get the same 0-based t that made x_t (not t + 1). {P_LOSSES}.",
              mse(model(x_t, t + 1), noise)),
-            ("the model must get the same 0-based t that made x_t (not t − 1).",
+            (f"the model must get the same 0-based t that made x_t (not t − 1). {P_LOSSES}.",
              mse(model(x_t, t - 1), noise)),
-            ("you summed the squared errors; take their mean.", ((model(x_t, t) - noise) ** 2).sum()),
+            (f"you summed the squared errors; take their mean. {P_LOSSES}.",
+             ((model(x_t, t) - noise) ** 2).sum()),
         ] + shift_mistakes(lambda tt: _reference_p_losses(model, x0, tt, noise, abar), t, case.T)
-        message = compare(out, ref, mistakes, like=x0, what="the loss")
+        message = compare(out, ref, mistakes, like=x0, what="the loss", equation=P_LOSSES)
         if message:
             return message
         if not out.requires_grad:

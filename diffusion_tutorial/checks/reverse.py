@@ -13,6 +13,14 @@ from .harness import (ALPHAS_CUMPROD_PREV_WRAPS, CheckResult, Stop, compare, dif
                       _reference_posterior)
 
 
+MEAN = "μ_θ = (1/√α_t) · (x_t − β_t/√(1 − ᾱ_t) · ε_θ), α_t = 1 − β_t (DDPM eq. 11)"
+POSTERIOR_MEAN = "μ̃_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) · x0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) · x_t (DDPM eq. 7)"
+POSTERIOR_VARIANCE = "β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t), with ᾱ_{t−1} = 1 at t = 0 (DDPM eq. 7)"
+BETA_FOR_ONE_MINUS_ALPHAS_CUMPROD = (
+    "β_t is used where the equation has 1 − ᾱ_t: β_t is the variance one step adds, 1 − ᾱ_t "
+    "the variance of all t steps together (they agree only at the first step)")
+
+
 def _mean_mistakes(x_t, t, eps, betas, T):
     """Known mistakes in μ_θ = (1/√α_t)(x_t − β_t/√(1 − ᾱ_t) ε), as (message, value) pairs."""
     b64 = betas.detach().double().cpu()
@@ -20,19 +28,23 @@ def _mean_mistakes(x_t, t, eps, betas, T):
     a = extract((1 - b64).to(x_t), t, x_t.shape)
     ab = extract(alphas_cumprod_from_betas(b64).to(x_t), t, x_t.shape)
     return [
-        ("missing square root on α_t: divide by √α_t, not α_t.",
+        (f"missing square root on α_t: divide by √α_t, not α_t. {MEAN}.",
          (x_t - b / (1 - ab).sqrt() * eps) / a),
-        ("missing square root on 1 − ᾱ_t: the coefficient of ε is β_t/√(1 − ᾱ_t).",
+        (f"missing square root on 1 − ᾱ_t: the coefficient of ε is β_t/√(1 − ᾱ_t). {MEAN}.",
          (x_t - b / (1 - ab) * eps) / a.sqrt()),
-        ("the coefficient of ε is β_t/√(1 − ᾱ_t), not √(1 − ᾱ_t).",
+        (f"the coefficient of ε is β_t/√(1 − ᾱ_t), not √(1 − ᾱ_t). {MEAN}.",
          (x_t - (1 - ab).sqrt() * eps) / a.sqrt()),
-        ("ᾱ_t (alphas_cumprod) used in the prefactor: it is 1/√α_t with α_t = 1 − β_t.",
+        (f"{BETA_FOR_ONE_MINUS_ALPHAS_CUMPROD}: the coefficient of ε is β_t/√(1 − ᾱ_t), not "
+         f"β_t/√β_t = √β_t. {MEAN}.", (x_t - b.sqrt() * eps) / a.sqrt()),
+        (f"{BETA_FOR_ONE_MINUS_ALPHAS_CUMPROD}: the coefficient of ε is β_t/√(1 − ᾱ_t), not "
+         f"β_t/β_t = 1. {MEAN}.", (x_t - eps) / a.sqrt()),
+        (f"ᾱ_t (alphas_cumprod) used in the prefactor: it is 1/√α_t with α_t = 1 − β_t. {MEAN}.",
          (x_t - b / (1 - ab).sqrt() * eps) / ab.sqrt()),
-        ("you returned the predicted clean image x̂_0; μ_θ is the mean of x_{t−1}: "
-         "(1/√α_t)(x_t − β_t/√(1 − ᾱ_t) ε).", (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()),
-        ("wrong sign: subtract the noise term, x_t − β_t/√(1 − ᾱ_t) · ε.",
+        (f"you returned the predicted clean image x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t; μ_θ is the "
+         f"mean of x_{{t−1}}: {MEAN}.", (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()),
+        (f"wrong sign: subtract the noise term. {MEAN}.",
          (x_t + b / (1 - ab).sqrt() * eps) / a.sqrt()),
-        ("multiply by 1/√α_t, not by √α_t.", (x_t - b / (1 - ab).sqrt() * eps) * a.sqrt()),
+        (f"multiply by 1/√α_t, not by √α_t. {MEAN}.", (x_t - b / (1 - ab).sqrt() * eps) * a.sqrt()),
     ] + shift_mistakes(lambda tt: _reference_mean_from_eps(x_t, tt, eps, betas), t, T)
 
 
@@ -66,18 +78,20 @@ def check_posterior(fn, *, strict: bool = False, verbose: bool = True, seed: int
         mean_of = lambda p: (p.sqrt() * b / (1 - ab) * x0 + a.sqrt() * (1 - p) / (1 - ab) * x_t)  # noqa: E731
         shift = lambda k: _reference_posterior(x0, x_t, k, betas)  # noqa: E731
         mean_mistakes = [
-            ("the coefficients are swapped: x0 takes √ᾱ_{t−1} β_t/(1 − ᾱ_t) and x_t takes "
-             "√α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t).",
+            (f"the coefficients are swapped: {POSTERIOR_MEAN}.",
              a.sqrt() * (1 - abp) / (1 - ab) * x0 + abp.sqrt() * b / (1 - ab) * x_t),
-            ("missing square root on ᾱ_{t−1} in the coefficient of x0.",
+            (f"missing square root on ᾱ_{{t−1}} in the coefficient of x0. {POSTERIOR_MEAN}.",
              abp * b / (1 - ab) * x0 + a.sqrt() * (1 - abp) / (1 - ab) * x_t),
-            ("missing square root on α_t in the coefficient of x_t.",
+            (f"missing square root on α_t in the coefficient of x_t. {POSTERIOR_MEAN}.",
              abp.sqrt() * b / (1 - ab) * x0 + a * (1 - abp) / (1 - ab) * x_t),
-            ("ᾱ_t used where the equation has ᾱ_{t−1}.", mean_of(ab)),
+            (f"ᾱ_t used where the equation has ᾱ_{{t−1}}. {POSTERIOR_MEAN}.", mean_of(ab)),
+            (f"{BETA_FOR_ONE_MINUS_ALPHAS_CUMPROD}. {POSTERIOR_MEAN}.",
+             abp.sqrt() * x0 + a.sqrt() * (1 - abp) / b * x_t),
             (ALPHAS_CUMPROD_PREV_WRAPS, mean_of(abw) if case.t == "first" else None),
         ] + [(m.replace("your result", "your mean"), v[0])
              for m, v in shift_mistakes(shift, t, case.T)]
-        message = compare(mean, ref_mean, mean_mistakes, like=x_t, what="the mean")
+        message = compare(mean, ref_mean, mean_mistakes, like=x_t, what="the mean",
+                          equation=POSTERIOR_MEAN)
         if message:
             return message
         problem = not_a_tensor(var, "the variance")
@@ -89,14 +103,15 @@ def check_posterior(fn, *, strict: bool = False, verbose: bool = True, seed: int
             return (f"the variance has shape {tuple(var.shape)}: give it the shape of x_t or "
                     "(B, 1, ..., 1) so it broadcasts against x_t.")
         var_mistakes = [
-            ("the variance is β_t; the posterior variance is β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) "
-             "(DDPM eq. 7).", b.expand_as(x_t)),
-            ("you returned the standard deviation √β̃_t; return the variance β̃_t.", ref_var.sqrt()),
+            (f"the variance is β_t; the posterior variance is {POSTERIOR_VARIANCE}.", b.expand_as(x_t)),
+            (f"you returned the standard deviation √β̃_t; return the variance {POSTERIOR_VARIANCE}.",
+             ref_var.sqrt()),
+            (f"{BETA_FOR_ONE_MINUS_ALPHAS_CUMPROD}. {POSTERIOR_VARIANCE}.", (1 - abp).expand_as(x_t)),
             (ALPHAS_CUMPROD_PREV_WRAPS,
              (b * (1 - abw) / (1 - ab)).expand_as(x_t) if case.t == "first" else None),
         ] + [(m.replace("your result", "your variance"), v[1])
              for m, v in shift_mistakes(shift, t, case.T)]
-        return compare(var, ref_var, var_mistakes, like=x_t, what="the variance")
+        return compare(var, ref_var, var_mistakes, like=x_t, what="the variance", equation=POSTERIOR_VARIANCE)
 
     parts = parts_from_cases(with_cosine_case(timestep_cases()), run_case)
     return run_check("check_posterior", fn, "fn(x0, x_t, t, betas)", parts, strict, verbose)
@@ -118,7 +133,8 @@ def check_mean_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed:
         if changed:
             return changed
         ref = _reference_mean_from_eps(x_t, t, eps, betas)
-        return compare(out, ref, _mean_mistakes(x_t, t, eps, betas, case.T), like=x_t, what="μ_θ")
+        return compare(out, ref, _mean_mistakes(x_t, t, eps, betas, case.T), like=x_t, what="μ_θ",
+                       equation=MEAN)
 
     parts = parts_from_cases(with_cosine_case(timestep_cases()), run_case)
     return run_check("check_mean_from_eps", fn, "fn(x_t, t, eps, betas)", parts, strict, verbose)
@@ -136,6 +152,8 @@ def check_ddpm_step(fn, *, variance: str = "beta", strict: bool = False, verbose
     Chapter: The reverse process."""
     other = {"beta": "beta_tilde", "beta_tilde": "beta"}[variance]
     names = {"beta": "σ_t² = β_t", "beta_tilde": "σ_t² = β̃_t"}
+    step = (f"x_{{t−1}} = μ_θ(x_t, t) + σ_t z with {names[variance]}, and z = 0 at t = 0 "
+            f"(DDPM Algorithm 2), where {MEAN}")
 
     def run_case(fn, case: Case):
         g = generator(seed)
@@ -156,15 +174,17 @@ def check_ddpm_step(fn, *, variance: str = "beta", strict: bool = False, verbose
         mask = (t > 0).to(case.dtype).view(-1, *[1] * (x_t.ndim - 1))
         mistakes = [
             ("noise added at the first step: at t = 0 (paper t = 1) return μ_θ with no "
-             "noise (z = 0), DDPM Algorithm 2.", mean + var.sqrt() * z),
-            ("z is ignored: add σ_t · z (except at t = 0).", mean),
-            ("z is multiplied by the variance σ_t²; multiply it by the standard deviation σ_t.",
-             mean + mask * var * z),
+             f"noise (z = 0), DDPM Algorithm 2; use a mask such as (t > 0). {step}.",
+             mean + var.sqrt() * z),
+            (f"z is ignored: add σ_t · z (except at t = 0). {step}.", mean),
+            ("z is multiplied by the variance σ_t²; multiply it by the standard deviation σ_t. "
+             f"{step}.", mean + mask * var * z),
             (f"your step uses {names[other]}, this check expects {names[variance]} (call "
              f"check_ddpm_step(fn, variance={other!r}) if your course uses {names[other]}).",
              _reference_ddpm_step(x_t, t, eps, betas, z, other)),
-        ] + [(m, v + mask * var.sqrt() * z) for m, v in _mean_mistakes(x_t, t, eps, betas, case.T)]
-        return compare(out, ref, mistakes, like=x_t, what="x_{t−1}")
+        ] + [(f"in μ_θ, {m}", v + mask * var.sqrt() * z)
+             for m, v in _mean_mistakes(x_t, t, eps, betas, case.T)]
+        return compare(out, ref, mistakes, like=x_t, what="x_{t−1}", equation=step)
 
     cases = timestep_cases()
     cases.insert(1, Case("per-example t (t = 0 for some)", t="mixed", T=T_CHECK))

@@ -8,9 +8,18 @@ from .cases import Case, call_unmodified, generator, other_devices, parts_from_c
 from .harness import CheckResult, compare, run_check, _reference_ddim_step
 
 
-def _ddim_by_hand(x, ab, abp, eps, eta, z, sqrt_x0=True, minus_sigma=True, noise=True):
+DDIM = ("x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ_t²) ε + σ_t z, with x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t "
+        "and σ_t = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev) (DDIM eqs. 12 and 16)")
+
+
+def _ddim_by_hand(x, ab, abp, eps, eta, z, sqrt_x0=True, minus_sigma=True, noise=True,
+                  clip=None, recompute_eps=False):
     """The DDIM step written out, with switches that reproduce the usual mistakes."""
     x0 = (x - (1 - ab).sqrt() * eps) / (ab.sqrt() if sqrt_x0 else ab)
+    if clip is not None:
+        x0 = x0.clamp(*clip)
+        if recompute_eps:
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
     direction = (1 - abp - (sigma ** 2 if minus_sigma else 0)).clamp(min=0).sqrt() * eps
     return abp.sqrt() * x0 + direction + (sigma * z if noise else 0)
@@ -48,25 +57,34 @@ def check_ddim_step(fn, *, strict: bool = False, verbose: bool = True, seed: int
         abw = extract(ab64.to(x_t), t_prev % case.T, x_t.shape)  # alphas_cumprod[t_prev], −1 wrapping
         call = lambda tt, tp: _reference_ddim_step(x_t, tt, tp, eps, abar, eta, z)  # noqa: E731
         mistakes = [
-            ("η is ignored: with η > 0 the step adds σ_t z with σ_t = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) "
-             "√(1 − ᾱ_t/ᾱ_prev), and the ε term becomes √(1 − ᾱ_prev − σ_t²) ε.",
+            (f"η is ignored: with η > 0 the step adds σ_t z and the ε term shrinks. {DDIM}.",
              _ddim_by_hand(x_t, ab, abp, eps, 0.0, z) if eta > 0 else None),
-            ("z is ignored: add σ_t · z.", _ddim_by_hand(x_t, ab, abp, eps, eta, z, noise=False)),
-            ("σ_t² is not subtracted: the ε term is √(1 − ᾱ_prev − σ_t²) · ε.",
+            (f"z is ignored: add σ_t · z. {DDIM}.", _ddim_by_hand(x_t, ab, abp, eps, eta, z, noise=False)),
+            (f"σ_t² is not subtracted: the ε term is √(1 − ᾱ_prev − σ_t²) · ε. {DDIM}.",
              _ddim_by_hand(x_t, ab, abp, eps, eta, z, minus_sigma=False)),
-            ("missing square root on ᾱ_t in x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t.",
+            (f"missing square root on ᾱ_t in x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t. {DDIM}.",
              _ddim_by_hand(x_t, ab, abp, eps, eta, z, sqrt_x0=False)),
+            ("x̂_0 is clipped to [0, 1], but the model's data lie in [−1, 1] (to_model_range); "
+             "the plain step does not clip: x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t.",
+             _ddim_by_hand(x_t, ab, abp, eps, eta, z, clip=(0, 1))),
+            ("x̂_0 is clipped to [−1, 1] while ε is kept: the plain step does not clip; to clip, "
+             "recompute ε = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t) from the clipped x̂_0, as the samplers' "
+             "clip_denoised=True does.", _ddim_by_hand(x_t, ab, abp, eps, eta, z, clip=(-1, 1))),
+            ("x̂_0 is clipped to [−1, 1] (and ε recomputed, as the samplers' clip_denoised=True "
+             "does); this check expects the plain step, without clipping.",
+             _ddim_by_hand(x_t, ab, abp, eps, eta, z, clip=(-1, 1), recompute_eps=True)),
             ("t_prev = −1 means ᾱ_prev = 1 (the step to x_0), but alphas_cumprod[-1] wraps "
-             "around to the last entry; use 1.0 where t_prev < 0.",
+             "around to the last entry (that is why x_prev is NaN there: √ of 1 − ᾱ_t/ᾱ_prev < 0); "
+             "use torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], 1.0).",
              _ddim_by_hand(x_t, ab, abw, eps, eta, z) if case.t == "to_x0" else None),
-            ("t − 1 is used instead of t_prev: DDIM steps may skip; take ᾱ_prev at t_prev.",
-             call(t, t - 1) if skip > 1 else None),
+            ("t − 1 is used instead of t_prev: DDIM steps may skip; take ᾱ_prev at t_prev, "
+             f"ᾱ_prev = alphas_cumprod[t_prev]. {DDIM}.", call(t, t - 1) if skip > 1 else None),
             ("off by one: your result matches the reference with t and t_prev both minus 1; "
              "they are already 0-based indices.", call(t - 1, t_prev - 1) if case.t != "to_x0" else None),
             ("off by one: your result matches the reference with t and t_prev both plus 1; "
              "they are already 0-based indices.", call(t + 1, t_prev + 1) if case.t == "mid" else None),
         ]
-        return compare(out, ref, mistakes, like=x_t, what="x_prev")
+        return compare(out, ref, mistakes, like=x_t, what="x_prev", equation=DDIM)
 
     img = (4, 1, 5, 6)
     cases = [Case("η = 0, skipping 10 steps", options=dict(eta=0.0)),
