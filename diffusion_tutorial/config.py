@@ -21,6 +21,7 @@ import torch
 
 from .data import DATASETS, DatasetInfo
 from .diffusion import GaussianDiffusion
+from .parameterization import PREDICTIONS, WEIGHTINGS
 from .precision import COMPILE_MODES, PRECISIONS
 from .schedules import SCHEDULES
 from .unet import UNet
@@ -82,6 +83,9 @@ class TrainConfig:
     variance: str = "beta"
     beta_start: float = 1e-4              # linear schedule only (DDPM: 1e-4 .. 0.02)
     beta_end: float = 0.02
+    prediction: str = "eps"               # what the UNet outputs: "eps", "x0" or "v"
+    loss_weighting: str = "simple"        # or "min_snr" (with min_snr_gamma), "elbo"
+    min_snr_gamma: float = 5.0
     # ---- optimisation
     batch_size: int = 64                  # per process
     lr: float = 2e-4
@@ -156,7 +160,8 @@ class TrainConfig:
         """The :class:`GaussianDiffusion` this config describes."""
         return GaussianDiffusion(schedule=self.schedule, timesteps=self.timesteps,
                                  variance=self.variance, beta_start=self.beta_start,
-                                 beta_end=self.beta_end)
+                                 beta_end=self.beta_end, prediction=self.prediction,
+                                 loss_weighting=self.loss_weighting, min_snr_gamma=self.min_snr_gamma)
 
     def count_parameters(self) -> int:
         """Number of trainable UNet parameters (built on the meta device: no memory used)."""
@@ -205,6 +210,13 @@ class TrainConfig:
                               f"choose one of: {', '.join(SCHEDULES)}.")
         if self.variance not in ("beta", "beta_tilde"):
             raise ConfigError(f"variance must be 'beta' or 'beta_tilde', got {self.variance!r}.")
+        for name, value, choices in (("prediction", self.prediction, PREDICTIONS),
+                                     ("loss_weighting", self.loss_weighting, WEIGHTINGS)):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}{closest(value, choices)}; choose one of: "
+                                  f"{', '.join(choices)}.")
+        if self.min_snr_gamma <= 0:
+            raise ConfigError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}"
                               f"{closest(self.lr_schedule, LR_SCHEDULES)}; choose one of: "

@@ -3,7 +3,9 @@
 :class:`GaussianDiffusion` holds a noise schedule and the equations of DDPM (Ho et al.
 2020). It knows nothing of the network: every method that needs ε_θ takes any callable
 ``model(x_t, t)`` (or ``model(x_t, t, y)`` for class conditioning) that returns a tensor
-shaped like ``x_t``.
+shaped like ``x_t``: the noise ε, or x_0 or v when the process is built with
+``prediction="x0"`` or ``"v"`` (:mod:`diffusion_tutorial.parameterization`); the process
+converts the output, so every sampler works with each.
 
 Timesteps ``t`` are 0-based tensor indices: index i is paper time t = i + 1 (see
 :mod:`diffusion_tutorial.schedules`). So ``t = 0`` is the first step, where the reverse
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import parameterization as P
 from .schedules import alphas_cumprod_from_betas, check_betas, make_betas
 from .utils import as_timestep_tensor
 
@@ -69,6 +72,9 @@ class GaussianDiffusion(nn.Module):
             DDPM section 3.2.
         beta_start, beta_end: β_1 and β_T of the linear schedule (see
             :func:`~diffusion_tutorial.schedules.make_betas`).
+        prediction: what the network outputs: ``"eps"`` (ε), ``"x0"`` or ``"v"``.
+        loss_weighting: ``"simple"``, ``"min_snr"`` (with ``min_snr_gamma`` γ) or ``"elbo"``;
+            see :mod:`diffusion_tutorial.parameterization`.
 
     All schedule tensors are computed in float64 and stored as float32 buffers, so they
     move with ``.to(device)`` and are saved in ``state_dict``.
@@ -83,6 +89,9 @@ class GaussianDiffusion(nn.Module):
         variance: str = "beta",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        prediction: str = "eps",
+        loss_weighting: str = "simple",
+        min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
         if variance not in VARIANCES:
@@ -118,12 +127,21 @@ class GaussianDiffusion(nn.Module):
         model_variance = betas if variance == "beta" else posterior_variance
         buffer("model_variance", model_variance)
         buffer("model_log_variance", model_variance.clamp(min=1e-20).log())
+        # λ_t of the ELBO (DDPM eq. 12), in float64, with σ_1² = β_1; see elbo_weights
+        elbo = betas ** 2 / (2 * torch.cat([betas[:1], model_variance[1:]]) * alphas * (1 - alphas_cumprod))
+        buffer("_elbo_weights", elbo)
+        # weight of the squared error of the network's target at each t (parameterization eq. 2)
+        self.prediction = P.check_prediction(prediction)
+        self.loss_weighting, self.min_snr_gamma = loss_weighting, float(min_snr_gamma)
+        buffer("loss_weights", P.target_weight(alphas_cumprod / (1 - alphas_cumprod), loss_weighting,
+                                               prediction, min_snr_gamma, elbo))
         # ᾱ_t as Python floats (float64): a sampler that steps the whole batch from one t
         # uses plain-number coefficients, with no tensor indexing per step.
         self._alphas_cumprod64 = alphas_cumprod.tolist()
 
     def extra_repr(self) -> str:
-        return f"T={self.num_timesteps}, variance={self.variance!r}"
+        return (f"T={self.num_timesteps}, variance={self.variance!r}, prediction={self.prediction!r}, "
+                f"loss_weighting={self.loss_weighting!r}")
 
     # ------------------------------------------------------------------ helpers
     def _timesteps(self, t, batch: int, device) -> torch.Tensor:
@@ -203,20 +221,51 @@ class GaussianDiffusion(nn.Module):
         t = self._timesteps(t, x_t.shape[0], x_t.device)
         return -eps / extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
 
+    def _a_s(self, t: torch.Tensor, x_shape):
+        """a_t = √ᾱ_t and s_t = √(1 − ᾱ_t), shaped to broadcast against ``x_shape``."""
+        return (extract(self.sqrt_alphas_cumprod, t, x_shape),
+                extract(self.sqrt_one_minus_alphas_cumprod, t, x_shape))
+
+    def eps_from_output(self, x_t: torch.Tensor, t, out: torch.Tensor) -> torch.Tensor:
+        """ε from a network output of this process's ``prediction`` type (ε, x_0 or v)."""
+        t = self._timesteps(t, x_t.shape[0], x_t.device)
+        return P.eps_from(self.prediction, out, x_t, *self._a_s(t, x_t.shape))
+
+    def x0_from_output(self, x_t: torch.Tensor, t, out: torch.Tensor) -> torch.Tensor:
+        """x_0 from a network output of this process's ``prediction`` type."""
+        t = self._timesteps(t, x_t.shape[0], x_t.device)
+        return P.x0_from(self.prediction, out, x_t, *self._a_s(t, x_t.shape))
+
+    def v_target(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, appendix D)."""
+        t = self._timesteps(t, x0.shape[0], x0.device)
+        return P.target("v", x0, noise, *self._a_s(t, x0.shape))
+
     # ------------------------------------------------------------------ reverse process
-    def predict_eps(self, model: Model, x_t: torch.Tensor, t, y=None,
-                    guidance_scale: float = 1.0) -> torch.Tensor:
-        """ε_θ(x_t, t), with classifier-free guidance when ``y`` is given and
-        ``guidance_scale`` w ≠ 1: ε = ε_∅ + w (ε_y − ε_∅) (Ho & Salimans 2022).
+    def model_output(self, model: Model, x_t: torch.Tensor, t, y=None,
+                     guidance_scale: float = 1.0) -> torch.Tensor:
+        """The network's output at (x_t, t), with classifier-free guidance when ``y`` is
+        given and ``guidance_scale`` w ≠ 1: out = out_∅ + w (out_y − out_∅) (Ho & Salimans
+        2022; the same combination of ε, x_0 or v, since each is affine in the others).
         The model is called as ``model(x_t, t)`` when ``y`` is None."""
         t = self._timesteps(t, x_t.shape[0], x_t.device)
         if y is None:
             return model(x_t, t)
-        eps_cond = model(x_t, t, y)
+        out_cond = model(x_t, t, y)
         if guidance_scale == 1.0:
-            return eps_cond
-        eps_uncond = model(x_t, t, None)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            return out_cond
+        out_uncond = model(x_t, t, None)
+        return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+    def predict_eps(self, model: Model, x_t: torch.Tensor, t, y=None,
+                    guidance_scale: float = 1.0) -> torch.Tensor:
+        """ε_θ(x_t, t): the network's output (:meth:`model_output`) converted to ε."""
+        return self.eps_from_output(x_t, t, self.model_output(model, x_t, t, y, guidance_scale))
+
+    def predict_x0(self, model: Model, x_t: torch.Tensor, t, y=None,
+                   guidance_scale: float = 1.0) -> torch.Tensor:
+        """x̂_0(x_t, t): the network's output converted to the clean image."""
+        return self.x0_from_output(x_t, t, self.model_output(model, x_t, t, y, guidance_scale))
 
     def p_mean_variance(self, model: Model, x_t: torch.Tensor, t, y=None,
                         guidance_scale: float = 1.0, clip_denoised: bool = False) -> dict:
@@ -227,8 +276,8 @@ class GaussianDiffusion(nn.Module):
         mean μ̃_t(x̂_0, x_t), which equals eq. 11 when no clipping happens.
         Returns a dict with ``mean``, ``variance``, ``log_variance``, ``pred_x0``, ``eps``."""
         t = self._timesteps(t, x_t.shape[0], x_t.device)
-        eps = self.predict_eps(model, x_t, t, y, guidance_scale)
-        pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
+        out = self.model_output(model, x_t, t, y, guidance_scale)
+        eps, pred_x0 = self.eps_from_output(x_t, t, out), self.x0_from_output(x_t, t, out)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1, 1)
             mean, _ = self.q_posterior(pred_x0, x_t, t)
@@ -290,19 +339,23 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ loss
     def p_losses(self, model: Model, x0: torch.Tensor, t=None, noise=None, y=None,
                  generator=None, reduction: str = "mean") -> torch.Tensor:
-        """L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²   (DDPM eq. 14).
+        """L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²   (DDPM eq. 14),
+        or generally E λ'_t ‖target − output‖², with the target (ε, x_0 or v) of this
+        process's ``prediction`` and λ'_t its ``loss_weights`` (1 for ``"simple"``).
 
         t is drawn uniformly over the T steps when not given. With ``reduction="none"``
-        returns one mean-squared error per example, shape (B,). Chapter: The loss."""
+        returns one weighted mean-squared error per example, shape (B,). Chapter: The loss."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         t = self._timesteps(t, x0.shape[0], x0.device)
         noise = randn_like(x0, generator) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
-        eps = model(x_t, t) if y is None else model(x_t, t, y)
-        if eps.shape != noise.shape:
-            raise ValueError(f"the model returned shape {tuple(eps.shape)}, expected {tuple(noise.shape)}.")
-        loss = F.mse_loss(eps, noise, reduction="none").flatten(1).mean(1)  # (B,)
+        out = model(x_t, t) if y is None else model(x_t, t, y)
+        if out.shape != noise.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)}, expected {tuple(noise.shape)}.")
+        target = P.target(self.prediction, x0, noise, *self._a_s(t, x0.shape))
+        loss = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)  # (B,)
+        loss = loss * self.loss_weights.to(loss.dtype)[t]  # exactly 1 for "simple"
         if reduction == "none":
             return loss
         if reduction == "mean":
@@ -312,7 +365,6 @@ class GaussianDiffusion(nn.Module):
     def elbo_weights(self) -> torch.Tensor:
         """λ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)): the weight that turns the noise MSE into the
         ELBO term L_{t−1} (DDPM eq. 12; per dimension). L_simple sets every λ_t to 1.
-        Index 0 (t = 1) belongs to the decoder term L_0 and is reported for σ_t² = β_t."""
-        sigma2 = self.model_variance.clone()
-        sigma2[0] = self.betas[0]
-        return self.betas ** 2 / (2 * sigma2 * self.alphas * (1 - self.alphas_cumprod))
+        Index 0 (t = 1) belongs to the decoder term L_0 and is reported for σ_t² = β_t.
+        Computed in float64 when the process is built."""
+        return self._elbo_weights.clone()

@@ -74,8 +74,8 @@ def read_info(name: str = "mnist", directory=None) -> dict:
 
 def build_diffusion(settings: dict) -> GaussianDiffusion:
     """A :class:`GaussianDiffusion` from the ``diffusion`` block of a model JSON, whose keys
-    (``schedule``, ``timesteps``, ``variance``, ``beta_start``, ``beta_end``) are the
-    constructor's arguments."""
+    (``schedule``, ``timesteps``, ``variance``, ``beta_start``, ``beta_end``, and
+    ``prediction``, absent in files from before it existed: ε) are the constructor's arguments."""
     return GaussianDiffusion(**settings)
 
 

@@ -17,14 +17,14 @@ from .checkpoint import load_checkpoint, load_weights
 from .config import TrainConfig
 from .plotting import plot_loss, save_grid
 from .precision import autocast, autocast_dtype
-from .samplers import sample
+from .samplers import DEFAULT_SAMPLER, sample
 from .utils import get_device
 
 import matplotlib.pyplot as plt  # noqa: E402,I001 - after .plotting, which picks the backend
 
 
 @torch.no_grad()
-def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str = "ddim",
+def sample_images(model, diffusion, config: TrainConfig, n: int, *, sampler: str = DEFAULT_SAMPLER,
                   steps: Optional[int] = None, eta: float = 0.0, seed: int = 0,
                   class_label: Optional[int] = None, guidance_scale: float = 1.0,
                   clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:

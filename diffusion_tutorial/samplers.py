@@ -89,9 +89,18 @@ def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape, *, steps: int
     return (x, trajectory) if return_trajectory else x
 
 
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "heun")
+# The default of `python -m diffusion_tutorial sample` and of the grids training writes.
+DEFAULT_SAMPLER = "ddim"
+
+
 def sample(diffusion: GaussianDiffusion, model: Model, shape, *, sampler: str = "ddpm",
            steps: Optional[int] = None, eta: float = 0.0, **kwargs):
-    """Dispatch to :func:`ddpm_sample` (``steps`` must be None or T) or :func:`ddim_sample`."""
+    """Dispatch to :func:`ddpm_sample` (``steps`` must be None or T), :func:`ddim_sample`
+    (``steps`` default 50), or the ODE solvers of :mod:`diffusion_tutorial.ode_samplers`:
+    ``"dpm++2m"`` (DPM-Solver++(2M), default 20 steps), ``"dpm++2m-sde"`` (its stochastic
+    variant) and ``"heun"`` (default 10 steps, 2·steps − 1 network evaluations). ``eta`` is
+    DDIM's only."""
     if sampler == "ddpm":
         if steps not in (None, diffusion.num_timesteps):
             raise ValueError(
@@ -100,4 +109,14 @@ def sample(diffusion: GaussianDiffusion, model: Model, shape, *, sampler: str = 
         return ddpm_sample(diffusion, model, shape, **kwargs)
     if sampler == "ddim":
         return ddim_sample(diffusion, model, shape, steps=steps or 50, eta=eta, **kwargs)
-    raise ValueError(f"unknown sampler {sampler!r}: choose 'ddpm' or 'ddim'.")
+    if sampler in ("dpm++2m", "dpm++2m-sde", "heun"):
+        from .ode_samplers import dpm_solver_sample, heun_sample
+        if eta != 0:
+            raise ValueError(f"eta applies to the ddim sampler only, not to {sampler}.")
+        if kwargs.pop("return_trajectory", False):
+            raise ValueError(f"the {sampler} sampler returns no trajectory: use ddpm or ddim.")
+        if sampler == "heun":
+            return heun_sample(diffusion, model, shape, steps=steps or 10, **kwargs)
+        return dpm_solver_sample(diffusion, model, shape, steps=steps or 20,
+                                 stochastic=sampler.endswith("sde"), **kwargs)
+    raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}.")

@@ -16,7 +16,7 @@ autograder and pytest tests want::
 The modules: :mod:`.harness` (results, reference answers, comparison; its docstring says
 how to add a check), :mod:`.cases` (the inputs a check tries), and the checks by chapter,
 :mod:`.forward`, :mod:`.reverse`, :mod:`.loss`, :mod:`.network`, :mod:`.training`,
-:mod:`.sampling`, :mod:`.gans` and :mod:`.guidance`. For grading a class: :mod:`.classroom`
+:mod:`.sampling`, :mod:`.faster`, :mod:`.gans` and :mod:`.guidance`. For grading a class: :mod:`.classroom`
 (student identifiers and seeds, a static audit of a notebook), :mod:`.questions`, :mod:`.verify`
 and :mod:`.sandbox` (the answers run again in a fresh process) and :mod:`.otter_plugin` (which
 makes Otter use that verdict).
@@ -32,6 +32,7 @@ from .forward import check_cosine_schedule, check_q_sample, check_scale_to_model
 from .reverse import check_ddpm_step, check_mean_from_eps, check_posterior
 from .loss import check_loss, check_p_losses, check_score_from_eps
 from .sampling import check_ddim_step
+from .faster import check_dpm_solver_step, check_eps_to_v
 from .network import check_res_block, check_timestep_embedding
 from .training import check_ema_update
 from .guidance import check_guided_eps
@@ -42,4 +43,4 @@ __all__ = ["CheckResult", "check_q_sample", "check_cosine_schedule", "check_post
            "check_mean_from_eps", "check_loss", "check_p_losses", "check_ddpm_step",
            "check_ddim_step", "check_score_from_eps", "check_scale_to_model_range",
            "check_timestep_embedding", "check_res_block", "check_ema_update", "check_guided_eps",
-           "check_gan_losses", "student_seed"]
+           "check_gan_losses", "student_seed", "check_eps_to_v", "check_dpm_solver_step"]
