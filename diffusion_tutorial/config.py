@@ -109,7 +109,7 @@ class TrainConfig:
     sample_every: int = 500               # 0: only at the end
     checkpoint_every: int = 500           # 0: only at the end
     n_samples: int = 64
-    sample_steps: int = 50                # DDIM steps for the grids written while training
+    sample_steps: int = 50                # sampler steps for the grids written while training
     run_dir: str = "runs/quick"
     preset: str = "quick"
 
@@ -311,8 +311,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 2,500 steps at batch 64 are ~35 passes over the 4,500 digits.
     "quick": dict(dataset="mnist-sample", base_channels=16, channel_mults=(1, 2, 4),
                   num_res_blocks=1, attention_resolutions=(7,), timesteps=1000, batch_size=64,
-                  lr=1e-3, warmup_steps=100, steps=2500, ema_decay=0.995, log_every=50,
-                  sample_every=500, checkpoint_every=500, n_samples=64, sample_steps=50,
+                  lr=1e-3, warmup_steps=100, steps=2500, ema_decay=0.995,
+                  log_every=50, sample_every=500, checkpoint_every=500, n_samples=64, sample_steps=20,
                   run_dir="runs/quick"),
     # MNIST on one GPU: ~6M parameters, attention at 7x7.
     "full": dict(dataset="mnist", base_channels=64, channel_mults=(1, 2, 2),

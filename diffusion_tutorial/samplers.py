@@ -91,7 +91,7 @@ def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape, *, steps: int
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "heun")
 # The default of `python -m diffusion_tutorial sample` and of the grids training writes.
-DEFAULT_SAMPLER = "ddim"
+DEFAULT_SAMPLER = "dpm++2m-sde"
 
 
 def sample(diffusion: GaussianDiffusion, model: Model, shape, *, sampler: str = "ddpm",
