@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,9 +54,22 @@ def machine_line(res) -> str:
         parts.insert(0, m["gpu"])
     if m.get("note"):
         parts.append(m["note"])
-    cmd = res["command"]
+    cmd = without_note(res["command"])
     code = f"`` {cmd} ``" if "`" in cmd else f"`{cmd}`"  # a command that itself holds backticks
     return f"*Measured {res['date']} on: " + ", ".join(parts) + f".* Reproduce: {code}"
+
+
+def without_note(command: str) -> str:
+    """The command without its ``--note`` label (shown above as part of the machine line),
+    which changes nothing that is measured."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    if "--note" not in words:
+        return command
+    i = words.index("--note")
+    return shlex.join(words[:i] + words[i + 2:])
 
 
 def missing(script: str) -> str:
@@ -240,15 +254,19 @@ def section_recipes() -> list[str]:
     if not results:
         return out + [missing("bench_recipes.py"), ""]
     ev = results[0]["evaluation"]
-    out += [machine_line(results[0]), "",
-            f"Each run is `python -m diffusion_tutorial train` with the flags shown, trained with "
-            f"one torch thread, its EMA weights saved every few hundred steps; each snapshot is "
-            f"scored with {ev['n']} samples of {ev['sampler']} ({ev['steps']} steps"
-            + (f", η = {ev['eta']:g}" if ev["sampler"] == "ddim" else "") + ", clipped). Steps, "
-            "not minutes: the machine was shared, and quality at a given step does not depend "
-            "on load. A confident share from n samples has a standard error of about "
-            f"{(0.25 / ev['n']) ** 0.5:.2f}; where a recipe ran with several training seeds, "
-            "the table gives each.", ""]
+    out += [f"Each run is `python -m diffusion_tutorial train` with the flags shown, its EMA "
+            f"weights saved every few hundred steps; each snapshot is scored with {ev['n']} "
+            f"samples of {ev['sampler']} ({ev['steps']} steps"
+            + (f", η = {ev['eta']:g}" if ev["sampler"] == "ddim" else "") + ", clipped), the "
+            "command line's default sampler. Quality is given against training steps, which do "
+            "not depend on the machine; minutes follow from the default run's speed, timed "
+            "alone (below). A confident share from n samples has a standard error of about "
+            f"{(0.25 / ev['n']) ** 0.5:.2f}. The runs with and without flags trained for "
+            "different totals, but with a constant learning rate after warm-up a run's first "
+            "2,500 steps are the default run's, so the base rows show the same recipe trained "
+            "twice (one and two torch threads: different rounding, different weights). Each "
+            "result's machine and command:", ""]
+    out += [f"- `{res['name']}`: " + machine_line(res) for res in results] + [""]
     steps = sorted({r["step"] for res in results for r in res["rows"]})
     rows = []
     for res in results:
@@ -261,15 +279,61 @@ def section_recipes() -> list[str]:
         rows.append(row)
     out += ["Confident share / classifier-FID at each training step:", "",
             table(rows, ["recipe", "seed"] + [str(st) for st in steps]), ""]
+    out += recipe_verdict(results)
     cost = load("recipe_step_cost")
     if cost:
         out += ["**Cost of a training step**, relative to the first recipe, alternating between "
-                f"the recipes in one process ({cost['threads']} torch threads):", "",
+                f"the recipes in one process ({cost['threads']} torch thread{'s' if cost['threads'] != 1 else ''}):", "",
                 machine_line(cost), "",
                 table(cost["rows"], ["recipe", "flags", "batch", "parameters", "s_per_step_median",
                                      "cost_ratio"],
                       ["recipe", "flags", "batch", "parameters", "s / step (median)",
                        "cost relative to the first"]), ""]
+    return out
+
+
+def recipe_verdict(results: list[dict]) -> list[str]:
+    """The 10-minute goal (confident share >= 0.8, FID within 2x its floor) against the
+    default run, timed alone, and what the other recipes and the shipped model say bounds it."""
+    default = next((r for r in results if r["recipe"].strip() == "python -m diffusion_tutorial train"), None)
+    if not default or not default["rows"]:
+        return []
+    last = default["rows"][-1]
+    minutes = default["rows"][-1].get("logged_minutes", float("nan"))
+    met = last["confident_share"] >= 0.8 and last["fid"] <= 2 * last["fid_floor"]
+    out = [f"**The default run against the goal.** Timed alone, `python -m diffusion_tutorial "
+           f"train` reached step {last['step']:,} after {minutes:.1f} minutes of training "
+           f"({default['machine'].get('note', '')}): confident share {last['confident_share']:.3f}, "
+           f"class entropy {last['class_entropy']:.2f}, classifier-FID {last['fid']:.1f} against "
+           f"a floor of {last['fid_floor']:.1f} ({last['fid'] / last['fid_floor']:.1f}x). The goal "
+           f"of a confident share of at least 0.8 and an FID within 2x the floor in 10 minutes is "
+           + ("met." if met else "not met."), ""]
+    base = next((r for r in results if r["recipe"].strip().endswith("--seed 0 --steps 3000")), None)
+    shipped = PRETRAINED / "mnist.json"
+    if met or not base or not shipped.exists():
+        return out
+    share = {r["step"]: r["confident_share"] for r in base["rows"]}
+    steps = sorted(share)
+    rising = all(share[a] < share[b] for a, b in zip(steps, steps[1:]))
+    se = (0.5 / default["evaluation"]["n"]) ** 0.5  # of a difference of two shares, at most
+    better = [r["recipe"] for r in results if r is not base and r is not default and any(
+        row["step"] in share and row["confident_share"] > share[row["step"]] + 2 * se
+        for row in r["rows"])]
+    m = json.loads(shipped.read_text())
+    sm = m.get("metrics", {})
+    out += [f"What bounds it is training compute. In the base run the confident share rises "
+            + ("at every snapshot" if rising else "with training") + f", from "
+            f"{share[steps[0]]:.3f} at step {steps[0]:,} to {share[steps[-1]]:.3f} at step "
+            f"{steps[-1]:,}; the same network trained for {m['training']['steps']:,} steps with a "
+            f"cosine decay (the shipped model, {m['training']['train_seconds'] / 60:.0f} minutes) "
+            f"scores {sm.get('confident_share', float('nan')):.3f} and FID "
+            f"{sm.get('fid', float('nan')):.1f} ({sm.get('sampler')}, {sm.get('n')} samples). "
+            + ("No other recipe scores above the base run at any common step by more than two "
+               "standard errors of the difference. " if not better else
+               f"Recipes above the base run at some step: {', '.join(better)}. ")
+            + "On this CPU the default run does "
+            f"{last['step'] / (minutes * 60):.1f} steps per second, so 10 minutes buy about "
+            f"{round(last['step'] / minutes * 10, -2):,.0f} steps of the {m['parameters'] / 1e6:.2f}M-parameter UNet.", ""]
     return out
 
 
