@@ -70,6 +70,15 @@ class Case:
         """The case's schedule, (betas, alphas_cumprod), in its dtype on its device."""
         return schedule(self.dtype, self.device, self.T, self.schedule)
 
+    def draw(self, seed: int):
+        """The inputs of a one-step check, drawn in a fixed order from ``seed``: ``(betas,
+        alphas_cumprod, first, second, t)`` with two tensors of the case's shape and (B,)
+        timesteps following the ``t`` rule."""
+        gen = generator(seed)
+        betas, alphas_cumprod = self.betas_and_alphas_cumprod()
+        first, second = self.randn(gen), self.randn(gen)
+        return betas, alphas_cumprod, first, second, self.timesteps(gen)
+
 
 def devices() -> list[torch.device]:
     """The best available device and the CPU, once each."""

@@ -34,10 +34,7 @@ def check_eps_to_v(fn, *, strict: bool = False, verbose: bool = True, seed: int 
 
     x_t, eps: (B, ...); t: (B,) long 0-based; alphas_cumprod: (T,)."""
     def run_case(fn, case: Case):
-        g = generator(seed)
-        _, abar = case.betas_and_alphas_cumprod()
-        x_t, eps = case.randn(g), case.randn(g)
-        t = case.timesteps(g)
+        _, abar, x_t, eps, t = case.draw(seed)
         out, changed = call_unmodified(fn, [x_t, t, eps, abar])
         if changed:
             return changed
@@ -119,7 +116,8 @@ def check_dpm_solver_step(fn, *, strict: bool = False, verbose: bool = True,
                         for before in (None, x0_before)]
             mistakes.append(("x_prev is x_t at t_prev = −1: the step to the clean image returns x0.", x_t))
             return compare(out, ref, mistakes, like=x_t, what="x_prev")
-        by_hand = lambda **kw: _dpm_by_hand(x_t, x0, x0_before, a_s_lam, t, t_prev, t_before, **kw)  # noqa: E731
+        def by_hand(**kw):
+            return _dpm_by_hand(x_t, x0, x0_before, a_s_lam, t, t_prev, t_before, **kw)
         mistakes = [
             ("x0_before is ignored: with the previous prediction given, D = (1 + 1/(2r)) x0 − "
              "x0_before/(2r), the second-order step.",

@@ -25,10 +25,7 @@ def check_q_sample(fn, *, strict: bool = False, verbose: bool = True, seed: int 
     alphas_cumprod: (T,) tensor, so ᾱ_t is ``alphas_cumprod[t]``. Returns x_t shaped like x0.
     Chapter: The forward process."""
     def run_case(fn, case: Case):
-        g = generator(seed)
-        _, abar = case.betas_and_alphas_cumprod()
-        x0, noise = case.randn(g), case.randn(g)
-        t = case.timesteps(g)
+        _, abar, x0, noise, t = case.draw(seed)
         out, changed = call_unmodified(fn, [x0, t, noise, abar])
         if changed:
             return changed

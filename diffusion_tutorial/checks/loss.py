@@ -141,10 +141,7 @@ def check_p_losses(fn, *, strict: bool = False, verbose: bool = True, seed: int 
     (B, ...); t: (B,) long 0-based; alphas_cumprod: (T,). Returns a 0-d tensor.
     Chapter: The loss."""
     def run_case(fn, case: Case):
-        g = generator(seed)
-        _, abar = case.betas_and_alphas_cumprod()
-        x0, noise = case.randn(g), case.randn(g)
-        t = case.timesteps(g)
+        _, abar, x0, noise, t = case.draw(seed)
         model = _ToyModel(case.T).to(case.device)
         out, changed = call_unmodified(fn, [model, x0, t, noise, abar])
         if changed:

@@ -58,10 +58,7 @@ def check_posterior(fn, *, strict: bool = False, verbose: bool = True, seed: int
     x0, x_t: (B, ...); t: (B,) long 0-based; betas: (T,). The mean is shaped like x_t; the
     variance like x_t or (B, 1, ..., 1). Chapter: The reverse process."""
     def run_case(fn, case: Case):
-        g = generator(seed)
-        betas, abar = case.betas_and_alphas_cumprod()
-        x0, x_t = case.randn(g), case.randn(g)
-        t = case.timesteps(g)
+        betas, abar, x0, x_t, t = case.draw(seed)
         out, changed = call_unmodified(fn, [x0, x_t, t, betas])
         if changed:
             return changed
@@ -125,10 +122,7 @@ def check_mean_from_eps(fn, *, strict: bool = False, verbose: bool = True, seed:
     x_t, eps: (B, ...); t: (B,) long 0-based; betas: (T,), α_t = 1 − β_t and
     ᾱ_t = ∏_{s≤t} α_s. Returns a tensor shaped like x_t. Chapter: The reverse process."""
     def run_case(fn, case: Case):
-        g = generator(seed)
-        betas, _ = case.betas_and_alphas_cumprod()
-        x_t, eps = case.randn(g), case.randn(g)
-        t = case.timesteps(g)
+        betas, _, x_t, eps, t = case.draw(seed)
         out, changed = call_unmodified(fn, [x_t, t, eps, betas])
         if changed:
             return changed
