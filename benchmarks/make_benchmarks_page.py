@@ -217,6 +217,16 @@ def section_quality() -> list[str]:
                 f"evaluations, {verdict} the goal in this single measurement.", ""]
         ddpm = next(r for r in rows if r["sampler"] == "DDPM")
         out += seed_spread_text(ddpm, res.get("model"))
+    more = load("quality_vs_steps_more")
+    if more and more.get("model") == res.get("model"):
+        n = sorted({r["n"] for r in more["rows"]})
+        out += [f"**More steps.** The same samplers at larger budgets, with {', '.join(map(str, n))} "
+                "samples each (an FID at a smaller n sits higher, so compare these rows with each "
+                "other and with their floor, not with the table above):", "", machine_line(more), "",
+                table(more["rows"], ["sampler", "eta", "steps", "evaluations", "n", "fid", "fid_floor",
+                                     "confident_share", "class_entropy", "ms_per_sample"],
+                      ["sampler", "η", "steps", "network evaluations", "n", "classifier-FID",
+                       "floor", "confident share", "class entropy", "ms / sample"]), ""]
     return out
 
 
