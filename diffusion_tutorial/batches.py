@@ -9,7 +9,7 @@ Two ways to deliver those batches, in the same order: :class:`StepBatchSampler` 
 DataLoader over any dataset, and :class:`DeviceBatches` for an in-memory
 :class:`~diffusion_tutorial.data.ImageDataset` (mnist-sample, MNIST, Fashion-MNIST,
 CIFAR-10), whose uint8 images are copied to the training device once and gathered and
-scaled there, with no DataLoader and no copy per step. Chapter: The loss and training.
+scaled there, with no DataLoader and no copy per step. Chapter: Training.
 """
 from __future__ import annotations
 

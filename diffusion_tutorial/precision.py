@@ -12,7 +12,7 @@ Mixed precision (``mixed_precision``; Micikevicius et al. 2018 for fp16 with los
 bf16 keeps fp32's exponent range, so it needs no loss scaling; fp16 does, or small gradients
 underflow to zero: the GradScaler multiplies the loss by a large factor before backward and
 skips steps whose gradients overflow. ``compile`` and ``channels_last`` default to None,
-which means on for CUDA and off elsewhere. Chapter: The loss and training.
+which means on for CUDA and off elsewhere. Chapter: Training.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ until the next read (every ``log_every`` steps, and before any checkpoint or gri
 also where NaN is caught. Runs are reproducible: step k always trains on the same examples
 (:mod:`diffusion_tutorial.batches`), and the RNG states are saved with every checkpoint, so
 on a CPU a run interrupted and resumed ends with exactly the weights of an uninterrupted one.
-Chapter: The loss and training.
+Chapter: Training.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 The chapters on latent diffusion, the score view, GANs and guidance use it; full image
 runs go through :func:`diffusion_tutorial.train.train`. Both drop labels for
 classifier-free guidance with the same :func:`~diffusion_tutorial.train.drop_labels`.
-Chapter: The loss and training.
+Chapter: Training.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A :class:`Run` holds what the loop in :mod:`diffusion_tutorial.train` updates: t
 its EMA, the optimizer and schedule, the step, and the loss log. A checkpoint
 (:mod:`diffusion_tutorial.checkpoint`) stores all of it with the RNG states and the loss log's
 length, so that a resumed run continues exactly where the saved one stopped.
-Chapter: The loss and training.
+Chapter: Training.
 """
 from __future__ import annotations
 
