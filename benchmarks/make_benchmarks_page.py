@@ -252,8 +252,8 @@ def section_eta() -> list[str]:
                 found[float(r["sampler"].split("eta=")[1])] = r
         if 0.0 in found and 1.0 in found:
             rows.append((f"the shipped model, {m['training']['steps']:,} steps, cosine decay",
-                         found[0.0], found[1.0], "*Measured on the shipped weights when they were "
-                         "exported (`scripts/export_pretrained.py`).*"))
+                         found[0.0], found[1.0], "*Measured on the shipped weights "
+                         "(`scripts/export_pretrained.py --remeasure`, 2 torch threads).*"))
     if not rows:
         return out + [missing("bench_quality_vs_steps.py --steps 50 --samplers ddim:0,ddim:1 --run RUN"), ""]
     table_rows = [{"network": label, "n": a["n"], "fid0": a["fid"], "fid1": b["fid"],
