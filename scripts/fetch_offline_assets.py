@@ -1,14 +1,13 @@
 """(Re)create book/_assets: the JavaScript the built book needs, so it reads offline.
 
-By default a Jupyter Book page loads MathJax, require.js and the Jupyter widget manager
-from CDNs. This script downloads pinned releases from the npm registry with
+By default a Jupyter Book page loads MathJax from a CDN (and, on pages that show
+ipywidgets, require.js and the widget manager; the book shows none: every widget cell is
+tagged remove-output, see _config.yml). This script downloads pinned releases from the npm registry with
 ``npm pack`` (npm must be installed), keeps only the files the pages load, and writes
 them under ``book/_assets`` (served as a Sphinx static path; see ``_config.yml``):
 
     book/_assets/mathjax/tex-chtml-full.js           TeX input + CommonHTML output, all TeX extensions
     book/_assets/mathjax/output/chtml/fonts/woff-v2  the fonts CommonHTML output asks for
-    book/_assets/requirejs/require.js                AMD loader for the widget manager
-    book/_assets/widgets/embed-amd.js                @jupyter-widgets/html-manager (+ its woff2 icon fonts)
 
 Run from the repository root:  python scripts/fetch_offline_assets.py
 The result is committed, so a fresh clone builds offline without running this script.
@@ -33,22 +32,12 @@ PACKAGES = {
         ("es5/output/chtml/fonts/woff-v2/*.woff", "mathjax/output/chtml/fonts/woff-v2"),
         ("LICENSE", "mathjax"),
     ],
-    "requirejs@2.3.8": [
-        ("require.js", "requirejs"),
-    ],
-    "@jupyter-widgets/html-manager@1.0.15": [
-        ("dist/embed-amd.js", "widgets"),
-        ("dist/*.woff2", "widgets"),
-        ("dist/embed.js.LICENSE.txt", "widgets"),
-    ],
 }
 
 NOTICE = """Offline copies of the JavaScript the built book loads (instead of CDNs).
 Created by scripts/fetch_offline_assets.py from the npm registry; do not edit by hand.
 
 mathjax 3.2.2                          Apache-2.0 (mathjax/LICENSE)
-requirejs 2.3.8                        MIT
-@jupyter-widgets/html-manager 1.0.15   BSD-3-Clause (widgets/embed.js.LICENSE.txt lists bundled licenses)
 """
 
 

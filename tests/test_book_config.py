@@ -2,6 +2,7 @@
 clean and runnable on Colab, citations resolve, and the offline JavaScript is shipped."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -107,9 +108,22 @@ def test_offline_mathjax_and_widget_assets_exist():
     assert mathjax.stat().st_size > 100_000 and b"MathJax" in mathjax.read_bytes()[:200_000]
     fonts = list((mathjax.parent / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
     assert len(fonts) >= 20, "MathJax's CommonHTML fonts are missing"
-    widget_js = [_static_file(path) for path in config["nb_ipywidgets_js"]]
-    assert any(p.name == "require.js" for p in widget_js)
-    assert any(p.name == "embed-amd.js" for p in widget_js)
+    widget_js = [_static_file(path) for path in config["nb_ipywidgets_js"]]  # none from a CDN
+    assert not widget_js, "no page shows a widget, so none should load the widget manager"
+
+
+def test_widget_cells_are_left_out_of_the_pages():
+    """A static page has no Python behind a slider: every cell that builds an ipywidget is
+    tagged remove-output, which is why the book ships no widget manager (nb_ipywidgets_js)."""
+    found = 0
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and "import ipywidgets" in source:
+                found += 1
+                tags = cell["metadata"].get("tags", [])
+                assert "remove-output" in tags or "remove-cell" in tags, f"{path.name}: {source[:60]!r}"
+    assert found >= 2, "chapters 1 and 6 have sliders"
 
 
 def test_offline_assets_stay_small_and_out_of_a_root_static_folder():
