@@ -59,17 +59,27 @@ def machine_line(res) -> str:
     return f"*Measured {res['date']} on: " + ", ".join(parts) + f".* Reproduce: {code}"
 
 
+LABEL_OPTIONS = ("--note", "--training-note")  # text shown on the page, not settings
+
+
 def without_note(command: str) -> str:
-    """The command without its ``--note`` label (shown above as part of the machine line),
-    which changes nothing that is measured."""
+    """The command without its label options (``--note``, ``--training-note``: their text is
+    on the page already), which change nothing that is measured."""
     try:
         words = shlex.split(command)
     except ValueError:
         return command
-    if "--note" not in words:
+    if not any(option in words for option in LABEL_OPTIONS):
         return command
-    i = words.index("--note")
-    return shlex.join(words[:i] + words[i + 2:])
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in LABEL_OPTIONS:
+            skip = True
+        else:
+            kept.append(word)
+    return shlex.join(kept)
 
 
 def missing(script: str) -> str:
@@ -248,8 +258,9 @@ def section_eta() -> list[str]:
         m = json.loads(shipped.read_text())
         found = {}
         for r in [m.get("metrics", {})] + m.get("metrics_other_samplers", []):
-            if r.get("sampler", "").startswith("ddim, 50 steps, eta="):
-                found[float(r["sampler"].split("eta=")[1])] = r
+            run = r.get("settings", {})
+            if run.get("sampler") == "ddim" and run.get("steps") == 50:
+                found[run["eta"]] = r
         if 0.0 in found and 1.0 in found:
             rows.append((f"the shipped model, {m['training']['steps']:,} steps, cosine decay",
                          found[0.0], found[1.0], "*Measured on the shipped weights "

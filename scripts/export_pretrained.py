@@ -124,6 +124,8 @@ def measure(info: dict, args, out: Path) -> None:
         metrics = evaluate_samples(x)
         metrics.update(sampler=f"{sampler}, {steps or diffusion.num_timesteps} steps"
                        + (f", eta={float(eta):g}" if sampler == "ddim" else ""), seed=0,
+                       settings={"sampler": sampler, "steps": steps or diffusion.num_timesteps,
+                                 "eta": float(eta)},
                        sampling_seconds=round(seconds, 1))
         by_sampler.append(metrics)
         print(json.dumps({k: metrics[k] for k in ("sampler", "fid", "fid_floor", "confident_share",
