@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 # The interval each float field must lie in ("inf" only as an open end: values must be finite).
 FLOAT_RANGES = {"lr": "(0, inf)", "weight_decay": "[0, inf)", "grad_clip": "[0, inf)",
                 "dropout": "[0, 1)", "p_uncond": "[0, 1]", "ema_decay": "[0, 1)",
-                "beta_start": "(0, 1)", "beta_end": "(0, 1)"}
+                "beta_start": "(0, 1)", "beta_end": "(0, 1)", "min_snr_gamma": "(0, inf)"}
 FLOAT_HINTS = {"lr": " (DDPM uses 2e-4)", "grad_clip": " (0 turns clipping off)",
                "ema_decay": " (e.g. 0.995, or 0.9999 for long runs)"}
 
@@ -215,8 +215,6 @@ class TrainConfig:
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}{closest(value, choices)}; choose one of: "
                                   f"{', '.join(choices)}.")
-        if self.min_snr_gamma <= 0:
-            raise ConfigError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}"
                               f"{closest(self.lr_schedule, LR_SCHEDULES)}; choose one of: "

@@ -49,7 +49,7 @@ def test_bad_values_give_clear_errors(field, value, words):
 
 @pytest.mark.parametrize("field, interval", [
     ("lr", "(0, inf)"), ("weight_decay", "[0, inf)"), ("grad_clip", "[0, inf)"),
-    ("dropout", "[0, 1)"), ("p_uncond", "[0, 1]"), ("ema_decay", "[0, 1)"),
+    ("dropout", "[0, 1)"), ("p_uncond", "[0, 1]"), ("ema_decay", "[0, 1)"), ("min_snr_gamma", "(0, inf)"),
 ])
 def test_every_float_field_must_be_finite_and_in_its_interval(field, interval):
     """nan, +-inf and values just outside the interval are refused with the interval named;
