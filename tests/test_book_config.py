@@ -109,7 +109,7 @@ def test_offline_mathjax_and_widget_assets_exist():
     fonts = list((mathjax.parent / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
     assert len(fonts) >= 20, "MathJax's CommonHTML fonts are missing"
     widget_js = [_static_file(path) for path in config["nb_ipywidgets_js"]]  # none from a CDN
-    assert not widget_js, "no page shows a widget, so none should load the widget manager"
+    assert not widget_js, "no page needs a widget, so none should load the widget manager"
 
 
 def test_widget_cells_are_left_out_of_the_pages():
